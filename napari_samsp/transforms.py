@@ -1,0 +1,145 @@
+"""Image normalisation and the mapping between the original pixel grid and the model input.
+
+Training and inference both go through :class:`InputTransform`, so the model
+always sees images prepared the same way: resized so the longest side is
+``img_size`` and zero-padded at the bottom/right to a square.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from .errors import InputImageError
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """One 2D image (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA of any numeric dtype -> (H, W, 3) uint8.
+
+    uint8 is kept as is. Other integer and float images are stretched between
+    their 0.5th and 99.5th percentiles, so 16-bit microscopy and float data use
+    the full range without single hot pixels dominating.
+
+    Raises:
+        InputImageError: empty, non-finite, or of a shape that is not one 2D image.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputImageError(f"unsupported image dtype {arr.dtype}; expected integers or floats")
+    if arr.size == 0 or 0 in arr.shape:
+        raise InputImageError(f"image has zero size (shape {arr.shape})")
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    elif not (arr.ndim == 3 and arr.shape[-1] == 3):
+        raise InputImageError(
+            f"expected one 2D image (H, W), (H, W, 3) or (H, W, 4), got shape {tuple(np.asarray(image).shape)}"
+        )
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InputImageError("image contains NaN or infinite values")
+    lo, hi = np.percentile(arr, (0.5, 99.5))
+    if hi <= lo:
+        lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.clip((arr - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
+
+
+def split_planes(image: np.ndarray, rgb: bool | None = None) -> tuple[list[np.ndarray], bool]:
+    """Split an image into 2D planes: returns (planes, is_stack).
+
+    (H, W), (H, W, 3|4) are single images; (Z, H, W) and (Z, H, W, 3|4) are stacks.
+    ``rgb`` overrides the guess from a trailing axis of 3 or 4 (napari's layer.rgb).
+
+    Raises:
+        InputImageError: 1D, 5D or more, or zero-sized arrays.
+    """
+    arr = np.asarray(image)
+    if arr.size == 0:
+        raise InputImageError(f"image has zero size (shape {arr.shape})")
+    is_rgb = rgb if rgb is not None else (arr.ndim >= 3 and arr.shape[-1] in (3, 4))
+    spatial = arr.ndim - (1 if is_rgb else 0)
+    if spatial == 2:
+        return [arr], False
+    if spatial == 3:
+        return [arr[z] for z in range(arr.shape[0])], True
+    raise InputImageError(
+        f"expected a 2D image or a 3D stack, got {arr.ndim} dimensions (shape {arr.shape})"
+    )
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """Resize-longest-side + pad to ``img_size`` and the inverse mapping, for one image size.
+
+    Attributes:
+        img_size: the model's square input side S.
+        original_size: (H, W) of the original image.
+    """
+
+    img_size: int
+    original_size: tuple[int, int]
+
+    @property
+    def resized_size(self) -> tuple[int, int]:
+        """(h, w) of the image inside the padded square."""
+        return ResizeLongestSide.get_preprocess_shape(*self.original_size, self.img_size)
+
+    def image_to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, S, S) float32 in [0, 255], resized and zero-padded."""
+        if rgb.shape[:2] != self.original_size:
+            raise InputImageError(f"image is {rgb.shape[:2]}, transform expects {self.original_size}")
+        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+        h, w = self.resized_size
+        t = F.interpolate(t, (h, w), mode="bilinear", align_corners=False, antialias=True)
+        return F.pad(t, (0, self.img_size - w, 0, self.img_size - h))[0]
+
+    def mask_to_tensor(self, mask: np.ndarray) -> torch.Tensor:
+        """(H, W) labels -> (S, S) labels (nearest), zero-padded; for training targets."""
+        if mask.shape[:2] != self.original_size:
+            raise InputImageError(f"mask is {mask.shape[:2]}, image is {self.original_size}")
+        t = torch.from_numpy(mask.astype(np.int64))[None, None].float()
+        h, w = self.resized_size
+        t = F.interpolate(t, (h, w), mode="nearest")
+        return F.pad(t, (0, self.img_size - w, 0, self.img_size - h))[0, 0].long()
+
+    def coords_to_input(self, coords: np.ndarray) -> np.ndarray:
+        """(..., 2) original-grid (x, y) -> input frame."""
+        h, w = self.resized_size
+        out = np.asarray(coords, dtype=np.float32).copy()
+        out[..., 0] *= w / self.original_size[1]
+        out[..., 1] *= h / self.original_size[0]
+        return out
+
+    def boxes_to_input(self, boxes: np.ndarray) -> np.ndarray:
+        """(..., 4) original-grid x0, y0, x1, y1 -> input frame."""
+        b = np.asarray(boxes, dtype=np.float32)
+        return self.coords_to_input(b.reshape(*b.shape[:-1], 2, 2)).reshape(b.shape)
+
+    def logits_to_original(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """(N, M, L, L) low-res logits -> (N, M, H, W) logits on the original pixel grid."""
+        s = self.img_size
+        x = F.interpolate(low_res_logits, (s, s), mode="bilinear", align_corners=False)
+        h, w = self.resized_size
+        x = x[..., :h, :w]
+        return F.interpolate(x, self.original_size, mode="bilinear", align_corners=False)
+
+    def mask_to_low_res(self, mask: np.ndarray | torch.Tensor, low_res: int) -> torch.Tensor:
+        """(H, W) binary mask on the original grid -> (1, 1, L, L) float in {0, 1} in the low-res input frame."""
+        m = torch.as_tensor(np.asarray(mask) > 0, dtype=torch.float32)[None, None]
+        h, w = self.resized_size
+        m = F.interpolate(m, (h, w), mode="bilinear", align_corners=False)
+        m = F.pad(m, (0, self.img_size - w, 0, self.img_size - h))
+        return (F.interpolate(m, (low_res, low_res), mode="bilinear", align_corners=False) > 0.5).float()
