@@ -1,0 +1,229 @@
+"""The ``samsp`` command (contract in DESIGN.md): models, segment, finetune, evaluate, rank.
+
+Exit code 0 on success; on bad input a single line ``samsp: error: <reason>`` on
+stderr and exit code 2 (1 for unexpected failures).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported anywhere: with OpenMP's default active waiting, torch
+# slows 50-70x when another process holds one of the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+
+def _err(msg: str) -> None:
+    print(f"samsp: error: {msg}", file=sys.stderr)
+
+
+def _warn(msg: str) -> None:
+    print(f"samsp: warning: {msg}", file=sys.stderr)
+
+
+def _set_threads(n: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(n or max(1, os.cpu_count() or 1))
+
+
+def _load(args):
+    from .models.checkpoints import load_model
+
+    loaded = load_model(args.model, device=args.device, trust=getattr(args, "trust", False))
+    if loaded.is_random:
+        _warn("=" * 70)
+        _warn(f"USING A RANDOMLY INITIALISED MODEL ({loaded.source}): its masks are meaningless.")
+        _warn("Pass --model with trained weights (a .safetensors of ours or an official SAM .pth).")
+        _warn("=" * 70)
+    return loaded
+
+
+def cmd_models(args) -> int:
+    from .models.build import describe_models
+    from .models.checkpoints import DEFAULT_WEIGHTS, read_card
+
+    if DEFAULT_WEIGHTS.is_file():
+        card = read_card(DEFAULT_WEIGHTS)
+        data = ", ".join(f"{d['name']} ({d['count']})" for d in card.get("training_data", []))
+        print(f"{'default':<16} embedded default model: {card['config']['name']}, mode {card.get('mode')}, "
+              f"K={card.get('num_passes')}, trained {card.get('steps')} steps on {data}")
+    else:
+        print(f"{'default':<16} (no embedded weights in this installation: a random 'tiny' model is used)")
+    for name, desc in describe_models():
+        print(f"{name:<16} {desc}")
+    print("\nAny path works too: our .safetensors, an official SAM .pth (vit_b/l/h), or a SAM-UNet checkpoint (--trust).")
+    return 0
+
+
+def _segment_one(predictor, image, mode: str, num_passes: int):
+    import numpy as np
+
+    from .autoseg import segment_image, segment_stack
+    from .transforms import split_planes
+
+    planes, is_stack = split_planes(image)
+    if is_stack:
+        return segment_stack(predictor, image, mode=mode, num_passes=num_passes), True
+    return segment_image(predictor, image, mode=mode, num_passes=num_passes).labels.astype(np.uint16), False
+
+
+def cmd_segment(args) -> int:
+    from .io import find_images, read_image, write_png_atomic, write_tiff_atomic
+    from .predictor import EmbeddingCache, Predictor
+    from .transforms import split_planes
+
+    _set_threads(args.threads)
+    paths = find_images(args.inputs)
+    # Read and check every input before writing anything, so a bad file in a
+    # folder stops the run before any output exists.
+    images = []
+    for p in paths:
+        img = read_image(p)
+        split_planes(img)
+        images.append(img)
+    loaded = _load(args)
+    mode = args.mode or loaded.card.get("mode", "semantic")
+    num_passes = args.passes or int(loaded.card.get("num_passes", 2))
+    predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache(None))
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for i, (path, img) in enumerate(zip(paths, images), 1):
+        labels, is_stack = _segment_one(predictor, img, mode, num_passes)
+        if is_stack:
+            out = write_tiff_atomic(outdir / f"{path.stem}.tif", labels)
+        else:
+            out = write_png_atomic(outdir / f"{path.stem}.png", labels)
+        n = int(labels.max())
+        print(f"[{i}/{len(paths)}] {path.name} -> {out} ({n} object{'s' if n != 1 else ''}, mode {mode})", flush=True)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    import dataclasses
+
+    from .finetune.job import default_finetune_config, finetune_model
+    from .finetune.loop import Callbacks
+    from .models.checkpoints import save_model
+
+    _set_threads(args.threads)
+    base = _load(args)
+    cfg = default_finetune_config(args.steps)
+    if args.trainable:
+        cfg = dataclasses.replace(cfg, trainable=tuple(args.trainable.split(",")))
+    if args.lr:
+        cfg = dataclasses.replace(cfg, lr=args.lr)
+
+    def progress(step: int, total: int) -> None:
+        if step % max(1, total // 20) == 0 or step == total:
+            print(f"step {step}/{total}", flush=True)
+
+    def on_val(step: int, metrics: dict) -> None:
+        print(f"validation at step {step}: Dice {metrics['dice']:.4f}", flush=True)
+
+    result = finetune_model(base, args.data, cfg, Callbacks(progress=progress, on_val=on_val), val_fraction=args.val_split)
+    out = save_model(result.model, args.output, result.card)
+    print(f"saved {out}")
+    print(f"validation Dice: before {result.before['dice']:.4f}, after {result.after['dice']:.4f}")
+    print(f"final validation Dice: {result.after['dice']:.4f}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics import evaluate_folders
+
+    report = evaluate_folders(args.pred, args.gt, instances=args.instances)
+    if not args.per_image:
+        report.pop("per_image", None)
+    print(json.dumps(report, indent=None if args.compact else 2))
+    return 0
+
+
+def cmd_rank(args) -> int:
+    from .io import find_images
+    from .predictor import EmbeddingCache, Predictor
+    from .reward import rank_paths
+
+    _set_threads(args.threads)
+    paths = find_images(args.inputs)
+    loaded = _load(args)
+    predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache.default())
+    for row in rank_paths(predictor, paths, store=args.store, num_passes=int(loaded.card.get("num_passes", 2))):
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="samsp", description="Self-prompted Segment Anything: segment, fine-tune, evaluate, rank.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default=None, help="built-in name, or a weights file (default: the embedded model)")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+        p.add_argument("--trust", action="store_true", help="allow unpickling a SAM-UNet .pth (only for files you trust)")
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+
+    p = sub.add_parser("models", help="list built-in models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("segment", help="prompt-free segmentation of images or folders")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("--mode", choices=["semantic", "instance"], default=None)
+    p.add_argument("--passes", type=int, default=None, help="self-prompting passes K (default: the model card's)")
+    model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("finetune", help="fine-tune on folders in the data layout")
+    p.add_argument("--data", action="append", required=True, metavar="DIR")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--val-split", type=float, default=0.2, help="validation fraction where a folder has no splits.json")
+    p.add_argument("--trainable", default=None, help="comma list of: encoder, lora, prompt_encoder, mask_decoder, unet")
+    p.add_argument("--lr", type=float, default=None)
+    model_args(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="score predictions against ground truth (JSON)")
+    p.add_argument("--pred", required=True, metavar="DIR")
+    p.add_argument("--gt", required=True, metavar="DIR")
+    p.add_argument("--instances", action="store_true", help="also instance F1@0.5 (semantic masks split into components)")
+    p.add_argument("--per-image", action="store_true", help="include per-image scores")
+    p.add_argument("--compact", action="store_true", help="one-line JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("rank", help="rank unlabeled images for annotation (lowest expected Dice first)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--store", default=None, help="annotation store used to calibrate the reward")
+    model_args(p)
+    p.set_defaults(func=cmd_rank)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import SamspError
+
+    try:
+        return args.func(args)
+    except SamspError as exc:
+        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except Exception as exc:  # unexpected: still one line, with the type, for bug reports
+        if os.environ.get("SAMSP_DEBUG"):
+            raise
+        _err(f"{type(exc).__name__}: {exc}".splitlines()[0] + " (set SAMSP_DEBUG=1 for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fine-tuning: data from the store or the data layout, losses, the loop, model versions."""

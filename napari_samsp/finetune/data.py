@@ -1,0 +1,184 @@
+"""Training data: image/mask pairs in the fixed data layout, prepared like inference, augmented.
+
+Every sample is produced by the same :class:`~napari_samsp.transforms.InputTransform`
+as inference (resize the longest side to the model input, zero-pad to a square),
+so the model learns that padding is background exactly as it will see it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataLayoutError, InputImageError
+from ..transforms import to_rgb_uint8
+
+
+@dataclass
+class Example:
+    """One preloaded training example.
+
+    Attributes:
+        image: (H, W, 3) uint8 on the original grid (downscaled when very large).
+        labels: (H, W) int32 instance labels (binary masks become a single label 1).
+        domain: dataset name, used to balance sampling across domains.
+        stem: file stem, for reporting.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    domain: str
+    stem: str
+
+
+@dataclass
+class Sample:
+    """One augmented, model-ready sample.
+
+    Attributes:
+        image: (3, S, S) float32 in [0, 255], zero-padded.
+        labels: (S, S) int64 instance labels in the input frame (0 outside the image).
+        valid: (S, S) bool, True inside the (unpadded) image.
+    """
+
+    image: torch.Tensor
+    labels: torch.Tensor
+    valid: torch.Tensor
+
+
+def load_examples(
+    pairs: Sequence, domain: str, max_side: int = 512
+) -> list[Example]:
+    """Read pairs (objects with ``stem``, ``image_path``, ``mask_path``) into memory.
+
+    Images larger than ``max_side`` are downscaled (area for images, nearest for
+    labels) once here, so augmentation works on small arrays.
+    """
+    from ..io import check_pair, read_image, read_mask
+
+    out = []
+    for pair in pairs:
+        image = to_rgb_uint8(read_image(pair.image_path))
+        labels = read_mask(pair.mask_path)
+        check_pair(image, labels, pair.stem)
+        labels = labels.astype(np.int32)
+        scale = max_side / max(image.shape[:2])
+        if scale < 1:
+            h, w = (round(s * scale) for s in image.shape[:2])
+            t = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+            image = F.interpolate(t, (h, w), mode="area")[0].permute(1, 2, 0).round().byte().numpy()
+            lt = torch.from_numpy(labels)[None, None].float()
+            labels = F.interpolate(lt, (h, w), mode="nearest")[0, 0].int().numpy()
+        out.append(Example(image, labels, domain, pair.stem))
+    return out
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentations; each is drawn independently per sample."""
+
+    flip: bool = True
+    rot90: bool = True
+    scale_crop: tuple[float, float] = (0.5, 1.0)  # crop side as a fraction of the image side
+    scale_crop_prob: float = 0.5
+    brightness: float = 0.15  # +- fraction of 255
+    contrast: float = 0.25  # multiplicative +- fraction
+    gamma: float = 0.25  # log-uniform +- range
+    gray_prob: float = 0.1
+    invert_prob: float = 0.0
+
+
+def _dihedral(img: torch.Tensor, lab: torch.Tensor, rng: random.Random, cfg: AugmentConfig):
+    if cfg.flip and rng.random() < 0.5:
+        img, lab = img.flip(-1), lab.flip(-1)
+    if cfg.flip and rng.random() < 0.5:
+        img, lab = img.flip(-2), lab.flip(-2)
+    if cfg.rot90:
+        k = rng.randrange(4)
+        if k:
+            img, lab = torch.rot90(img, k, (-2, -1)), torch.rot90(lab, k, (-2, -1))
+    return img, lab
+
+
+def _intensity(img: torch.Tensor, rng: random.Random, cfg: AugmentConfig) -> torch.Tensor:
+    x = img / 255.0
+    if cfg.gray_prob and rng.random() < cfg.gray_prob:
+        x = x.mean(0, keepdim=True).expand_as(x)
+    if cfg.invert_prob and rng.random() < cfg.invert_prob:
+        x = 1 - x
+    if cfg.gamma:
+        x = x.clamp(0, 1) ** math.exp(rng.uniform(-cfg.gamma, cfg.gamma))
+    if cfg.contrast:
+        mean = x.mean()
+        x = (x - mean) * (1 + rng.uniform(-cfg.contrast, cfg.contrast)) + mean
+    if cfg.brightness:
+        x = x + rng.uniform(-cfg.brightness, cfg.brightness)
+    return (x.clamp(0, 1) * 255.0).contiguous()
+
+
+def prepare_sample(
+    example: Example,
+    img_size: int,
+    rng: random.Random | None = None,
+    augment: AugmentConfig | None = None,
+) -> Sample:
+    """Crop/augment one example and map it into the model's input frame."""
+    img = torch.from_numpy(example.image).permute(2, 0, 1).float()  # (3, H, W)
+    lab = torch.from_numpy(example.labels.astype(np.int64))  # (H, W)
+    if augment is not None and rng is not None:
+        img, lab = _dihedral(img, lab, rng, augment)
+        h, w = lab.shape
+        if augment.scale_crop_prob and rng.random() < augment.scale_crop_prob:
+            frac = rng.uniform(*augment.scale_crop)
+            ch, cw = max(8, round(h * frac)), max(8, round(w * frac))
+            y0, x0 = rng.randrange(h - ch + 1), rng.randrange(w - cw + 1)
+            img, lab = img[:, y0 : y0 + ch, x0 : x0 + cw], lab[y0 : y0 + ch, x0 : x0 + cw]
+        img = _intensity(img, rng, augment)
+    h, w = lab.shape
+    scale = img_size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    img = F.interpolate(img[None], (nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+    lab = F.interpolate(lab[None, None].float(), (nh, nw), mode="nearest")[0, 0].long()
+    pad = (0, img_size - nw, 0, img_size - nh)
+    valid = torch.zeros(img_size, img_size, dtype=torch.bool)
+    valid[:nh, :nw] = True
+    return Sample(F.pad(img, pad), F.pad(lab, pad), valid)
+
+
+class BalancedSampler:
+    """Draws examples so every domain is equally likely, whatever its size."""
+
+    def __init__(self, examples: Sequence[Example], seed: int = 0) -> None:
+        if not examples:
+            raise DataLayoutError("no training examples")
+        self.by_domain: dict[str, list[Example]] = {}
+        for ex in examples:
+            self.by_domain.setdefault(ex.domain, []).append(ex)
+        self.domains = sorted(self.by_domain)
+        self.rng = random.Random(seed)
+
+    def draw(self) -> Example:
+        return self.rng.choice(self.by_domain[self.rng.choice(self.domains)])
+
+
+def collate(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> images (B, 3, S, S) float in [0, 255], labels (B, S, S) int64, valid (B, S, S) bool."""
+    return (
+        torch.stack([s.image for s in samples]),
+        torch.stack([s.labels for s in samples]),
+        torch.stack([s.valid for s in samples]),
+    )
+
+
+def check_examples(examples: Sequence[Example]) -> None:
+    """Refuse data the loop cannot learn from, with a clear reason."""
+    if not examples:
+        raise DataLayoutError("no training examples: the data folders or the store are empty")
+    if all(int(ex.labels.max()) == 0 for ex in examples):
+        raise InputImageError("every training mask is empty: nothing to learn from")

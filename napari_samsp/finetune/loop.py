@@ -1,0 +1,317 @@
+"""The training loop shared by the CLI, the plugin and the ``training/`` recipes.
+
+One function, :func:`train`, with callbacks for progress and losses, a cancel
+check, validation with early stopping, a NaN guard, resumable checkpoints and
+DDP when ``torch.distributed`` is initialised. It never writes the model it was
+given anywhere: saving a new version is the caller's job (see ``versions.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import SamspError
+from ..models.lora import apply_lora, lora_parameters
+from ..models.sam_model import SamModel
+from ..models.sam_sp import SamSP
+from ..models.sam_unet import SamUNet
+from .data import AugmentConfig, BalancedSampler, Example, check_examples, collate, prepare_sample
+from .objective import ObjectiveConfig, SelfPromptObjective
+
+log = logging.getLogger(__name__)
+
+TRAINABLE_PARTS = ("encoder", "lora", "prompt_encoder", "mask_decoder", "unet")
+
+
+class TrainingCancelled(SamspError):
+    """Raised inside the loop when the cancel check returns True."""
+
+
+class TrainingDiverged(SamspError):
+    """Raised when the loss stays non-finite: the model is left as it was before the bad steps."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    trainable: tuple[str, ...] = ("encoder", "prompt_encoder", "mask_decoder", "unet")
+    lora_rank: int = 4
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+    val_every: int = 100
+    patience: int = 0  # validations without improvement before stopping; 0 = never stop early
+    checkpoint_every: int = 100
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA only
+    max_bad_steps: int = 10
+    # Validate the starting weights too, so the returned model is never worse on
+    # the validation split than the one fine-tuning started from.
+    validate_at_start: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_val: float = -1.0
+    best_step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Callbacks:
+    """Hooks for UIs and logs. ``progress(step, total)``, ``on_loss(step, losses)``, ``on_val(step, metrics)``."""
+
+    progress: Callable[[int, int], None] | None = None
+    on_loss: Callable[[int, dict[str, float]], None] | None = None
+    on_val: Callable[[int, dict[str, float]], None] | None = None
+    should_cancel: Callable[[], bool] | None = None
+
+
+@dataclass
+class TrainResult:
+    model: SamModel  # the best model (by validation Dice when validating)
+    state: TrainState
+    seconds: float
+    stopped_early: bool
+
+
+def configure_trainable(model: SamModel, parts: Sequence[str], lora_rank: int = 4) -> list[torch.nn.Parameter]:
+    """Freeze everything, then unfreeze the named parts; returns the trainable parameters."""
+    unknown = set(parts) - set(TRAINABLE_PARTS)
+    if unknown:
+        raise SamspError(f"unknown trainable parts {sorted(unknown)}; choose from {', '.join(TRAINABLE_PARTS)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params: list[torch.nn.Parameter] = []
+    if "encoder" in parts:
+        params += list(model.image_encoder.parameters())
+    elif "lora" in parts:
+        apply_lora(model.image_encoder, lora_rank)
+        params += lora_parameters(model.image_encoder)
+    if "prompt_encoder" in parts:
+        params += list(model.prompt_encoder.parameters())
+    if "mask_decoder" in parts:
+        params += list(model.mask_decoder.parameters())
+    if "unet" in parts and isinstance(model, SamUNet):
+        for name in ("cnn_branch", "encoder_fusion", "decoder_fusion", "vit_reduce"):
+            params += list(getattr(model, name).parameters())
+    for p in params:
+        p.requires_grad_(True)
+    if not params:
+        raise SamspError(f"nothing to train with parts {list(parts)} on this model")
+    return params
+
+
+def encoder_is_frozen(model: SamModel) -> bool:
+    """True when no parameter that affects ``encode`` trains, so embeddings can be cached."""
+    enc = [model.image_encoder]
+    if isinstance(model, SamUNet):
+        enc += [model.cnn_branch, model.encoder_fusion, model.decoder_fusion, model.vit_reduce]
+    return not any(p.requires_grad for m in enc for p in m.parameters())
+
+
+@torch.inference_mode()
+def validate(model: SamModel, examples: Sequence[Example], num_passes: int, batch_size: int = 8) -> dict[str, float]:
+    """Prompt-free Dice of the last self-prompting pass, per domain and mean over domains.
+
+    Computed in the model's input frame over the unpadded area, on un-augmented images.
+    """
+    was_training = model.training
+    model.eval()
+    sp = SamSP(model, num_passes=num_passes)
+    per_domain: dict[str, list[float]] = {}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        images, labels, valid = collate([prepare_sample(ex, model.img_size) for ex in chunk])
+        dev = next(model.parameters()).device
+        outs = sp.run_passes(model.encode(model.normalize_pixels(images.to(dev))))
+        pred = (model.upscale_logits(outs[-1].logits)[:, 0] > 0).cpu() & valid
+        gt = labels > 0
+        inter = (pred & gt).flatten(1).sum(1).float()
+        denom = (pred.flatten(1).sum(1) + gt.flatten(1).sum(1)).float()
+        dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(inter))
+        for ex, d in zip(chunk, dice.tolist()):
+            per_domain.setdefault(ex.domain, []).append(d)
+    model.train(was_training)
+    metrics = {f"dice/{k}": float(np.mean(v)) for k, v in per_domain.items()}
+    metrics["dice"] = float(np.mean([metrics[f"dice/{k}"] for k in per_domain])) if per_domain else float("nan")
+    return metrics
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _save_checkpoint(path: Path, model: SamModel, opt: torch.optim.Optimizer, state: TrainState, best: dict | None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "best": best,
+         "state": {"step": state.step, "best_val": state.best_val, "best_step": state.best_step, "history": state.history}},
+        tmp,
+    )
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def train(
+    model: SamModel,
+    train_examples: Sequence[Example],
+    val_examples: Sequence[Example] = (),
+    config: TrainConfig | None = None,
+    callbacks: Callbacks | None = None,
+    checkpoint_path: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> TrainResult:
+    """Fine-tune ``model`` in place on ``train_examples``; return the best weights.
+
+    Resumes from ``checkpoint_path`` when it exists (model, optimizer, step, best).
+    Raises :class:`TrainingCancelled` when ``callbacks.should_cancel()`` turns True
+    and :class:`TrainingDiverged` after ``max_bad_steps`` non-finite losses in a row.
+    """
+    cfg = config or TrainConfig()
+    cb = callbacks or Callbacks()
+    check_examples(train_examples)
+    device = torch.device(device)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    torch.manual_seed(cfg.seed + rank)
+    model.to(device).train()
+    params = configure_trainable(model, cfg.trainable, cfg.lora_rank)
+    objective = SelfPromptObjective(model, cfg.objective, seed=cfg.seed + rank).to(device)
+    runner: torch.nn.Module = objective
+    if dist.is_initialized():
+        runner = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = TrainState()
+    best: dict | None = None
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        best = ckpt.get("best")
+        s = ckpt["state"]
+        state = TrainState(s["step"], s["best_val"], s["best_step"], list(s["history"]))
+        log.info("resumed from %s at step %d", checkpoint_path, state.step)
+    sampler = BalancedSampler(train_examples, seed=cfg.seed * 1000 + rank + state.step)
+    rng = random.Random(cfg.seed * 7919 + rank + state.step)
+    cache_features = encoder_is_frozen(model)
+    feature_cache: dict[tuple[int, int], object] = {}
+    use_amp = cfg.amp and device.type == "cuda"
+    t0 = time.time()
+    bad_steps = 0
+    stopped_early = False
+    validations_without_gain = 0
+    if val_examples and _is_main() and cfg.validate_at_start and state.step == 0:
+        metrics = validate(model, val_examples, cfg.objective.num_passes)
+        state.history.append({"step": 0, "time": 0.0, **metrics})
+        if cb.on_val:
+            cb.on_val(0, metrics)
+        state.best_val, state.best_step = metrics["dice"], 0
+        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    while state.step < cfg.steps:
+        if cb.should_cancel is not None and cb.should_cancel():
+            raise TrainingCancelled(f"fine-tuning cancelled at step {state.step}")
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(state.step, cfg)
+        exs = [sampler.draw() for _ in range(cfg.batch_size)]
+        if cache_features:
+            # Frozen encoder: embeddings depend only on the image (dihedral
+            # augmentation is applied by caching each variant), so reuse them.
+            loss_dict = _cached_step(objective, exs, rng, feature_cache, cfg, device)
+        else:
+            images, labels, valid = collate([prepare_sample(ex, model.img_size, rng, cfg.augment) for ex in exs])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                loss_dict = runner(images.to(device), labels.to(device), valid.to(device))
+        loss = loss_dict["total"]
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            bad_steps += 1
+            log.warning("non-finite loss at step %d (%d in a row); step skipped", state.step, bad_steps)
+            if bad_steps >= cfg.max_bad_steps:
+                raise TrainingDiverged(f"loss was NaN/inf for {bad_steps} steps in a row at step {state.step}; stopped")
+            state.step += 1
+            continue
+        bad_steps = 0
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        state.step += 1
+        values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        values["lr"] = opt.param_groups[0]["lr"]
+        if cb.on_loss:
+            cb.on_loss(state.step, values)
+        if cb.progress:
+            cb.progress(state.step, cfg.steps)
+        last = state.step == cfg.steps
+        if val_examples and _is_main() and (state.step % cfg.val_every == 0 or last):
+            metrics = validate(model, val_examples, cfg.objective.num_passes)
+            state.history.append({"step": state.step, "time": time.time() - t0, **metrics, "loss": values["total"]})
+            if cb.on_val:
+                cb.on_val(state.step, metrics)
+            if metrics["dice"] > state.best_val:
+                state.best_val, state.best_step = metrics["dice"], state.step
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                validations_without_gain = 0
+            else:
+                validations_without_gain += 1
+                if cfg.patience and validations_without_gain >= cfg.patience:
+                    stopped_early = True
+        if checkpoint_path is not None and _is_main() and (state.step % cfg.checkpoint_every == 0 or last or stopped_early):
+            _save_checkpoint(Path(checkpoint_path), model, opt, state, best)
+        if stopped_early:
+            break
+    if best is not None:
+        model.load_state_dict(best)
+    model.eval()
+    return TrainResult(model, state, time.time() - t0, stopped_early)
+
+
+def _cached_step(objective: SelfPromptObjective, exs, rng, cache, cfg: TrainConfig, device) -> dict:
+    from ..models.sam_model import ImageFeatures
+
+    model = objective.model
+    feats, labels, valid = [], [], []
+    dihedral = AugmentConfig(scale_crop_prob=0.0, brightness=0, contrast=0, gamma=0, gray_prob=0) if cfg.augment else None
+    for ex in exs:
+        variant = rng.randrange(8) if dihedral else 0
+        sample = prepare_sample(ex, model.img_size, random.Random(variant), dihedral)
+        key = (id(ex), variant)
+        if key not in cache:
+            with torch.no_grad():
+                cache[key] = model.encode(model.normalize_pixels(sample.image[None].to(device)))
+        feats.append(cache[key])
+        labels.append(sample.labels)
+        valid.append(sample.valid)
+    features = ImageFeatures(
+        torch.cat([f.embeddings for f in feats]),
+        None if feats[0].hires is None else torch.cat([f.hires for f in feats]),
+    )
+    return objective(None, torch.stack(labels).to(device), torch.stack(valid).to(device), features=features)

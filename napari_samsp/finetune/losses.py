@@ -1,0 +1,73 @@
+"""Losses: segmentation (focal + Dice) on every pass, self-distillation, IoU-head regression."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per sample, averaged. logits/target (N, 1, H, W); target in [0, 1]."""
+    p = torch.sigmoid(logits)
+    if weight is not None:
+        p, target = p * weight, target * weight
+    inter = (p * target).flatten(1).sum(1)
+    denom = p.flatten(1).sum(1) + target.flatten(1).sum(1)
+    return (1 - (2 * inter + eps) / (denom + eps)).mean()
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, gamma: float = 2.0, alpha: float = 0.25) -> torch.Tensor:
+    """Sigmoid focal loss (Lin et al.), mean over valid pixels. Shapes (N, 1, H, W)."""
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
+    if weight is not None:
+        return (loss * weight).sum() / weight.sum().clamp_min(1)
+    return loss.mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, focal_weight: float = 20.0) -> torch.Tensor:
+    """Focal + Dice as in SAM / SAM-UNet (focal weighted 20:1 as SAM does)."""
+    return focal_weight * focal_loss(logits, target, weight) + dice_loss(logits, target, weight)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "kl", temperature: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The later pass teaches an earlier one; ``teacher`` is detached here.
+
+    ``kl``: per-pixel Bernoulli KL(teacher || student) at temperature T (scaled by T^2).
+    ``dice``: soft Dice between the two probability maps.
+    """
+    teacher = teacher.detach()
+    if kind == "dice":
+        return dice_loss(student, torch.sigmoid(teacher), weight)
+    if kind != "kl":
+        raise ValueError(f"unknown distillation kind {kind!r}; use 'kl' or 'dice'")
+    t = temperature
+    q = torch.sigmoid(teacher / t)
+    log_p = F.logsigmoid(student / t)
+    log_1p = F.logsigmoid(-student / t)
+    log_q = F.logsigmoid(teacher / t)
+    log_1q = F.logsigmoid(-teacher / t)
+    kl = q * (log_q - log_p) + (1 - q) * (log_1q - log_1p)
+    if weight is not None:
+        kl = (kl * weight).sum() / weight.sum().clamp_min(1)
+    else:
+        kl = kl.mean()
+    return kl * t * t
+
+
+def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Hard IoU per mask (N, 1, H, W) -> (N,), the IoU head's regression target."""
+    pred = logits > 0
+    tgt = target > 0.5
+    inter = (pred & tgt).flatten(1).sum(1).float()
+    union = (pred | tgt).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
+
+
+def iou_head_loss(iou_pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE between the decoder's predicted IoU (N, 1) and the actual IoU of its mask."""
+    return F.mse_loss(iou_pred[:, 0], mask_iou(logits.detach(), target))

@@ -1,0 +1,114 @@
+"""Model versions of a project: every fine-tune writes a new file; one is active; rollback.
+
+Layout under ``root``::
+
+    versions/<NNN>-<version8>.safetensors (+ .json card)   one file per version, never overwritten
+    active.json                                            {"active": version | null, "previous": [...]}
+
+``active == null`` means the project's base model (the embedded default or the
+model the user loaded). ``active.json`` is replaced atomically, so a crash while
+switching leaves either the old or the new choice, never a broken one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import SamspError
+from ..io import write_json_atomic
+from ..models.checkpoints import LoadedModel, load_model, read_card, save_model
+from ..models.sam_model import SamModel
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    path: Path
+    card: dict[str, Any]
+    created: str
+
+    @property
+    def label(self) -> str:
+        """Short human-readable description for lists: number, date and validation Dice."""
+        dice = self.card.get("metrics", {}).get("after", {}).get("dice")
+        dice_txt = f", val Dice {dice:.3f}" if isinstance(dice, (int, float)) else ""
+        return f"{self.path.stem} ({self.created[:16].replace('T', ' ')}{dice_txt})"
+
+
+class ModelVersions:
+    """The versions folder of one project."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.dir = self.root / "versions"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._state_path = self.root / "active.json"
+
+    def _state(self) -> dict[str, Any]:
+        if not self._state_path.exists():
+            return {"active": None, "previous": []}
+        try:
+            return json.loads(self._state_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SamspError(f"cannot read {self._state_path}: {exc}") from exc
+
+    def list(self) -> list[VersionInfo]:
+        """All versions, oldest first; unreadable files are skipped."""
+        out = []
+        for path in sorted(self.dir.glob("*.safetensors")):
+            try:
+                card = read_card(path)
+            except Exception:  # a foreign or damaged file must not hide the others
+                continue
+            out.append(VersionInfo(card.get("version", path.stem), path, card, card.get("created", "")))
+        return out
+
+    def get(self, version: str) -> VersionInfo:
+        for info in self.list():
+            if info.version == version or info.path.stem == version:
+                return info
+        raise SamspError(f"no model version {version!r} in {self.dir}")
+
+    def active(self) -> VersionInfo | None:
+        """The active version, or None when the base model is active."""
+        version = self._state().get("active")
+        return self.get(version) if version else None
+
+    def add(self, model: SamModel, card: dict[str, Any]) -> VersionInfo:
+        """Save ``model`` as a new version (not activated)."""
+        number = len(list(self.dir.glob("*.safetensors"))) + 1
+        import uuid
+
+        version = card.get("version") or uuid.uuid4().hex
+        path = self.dir / f"{number:03d}-{version[:8]}.safetensors"
+        save_model(model, path, {**card, "version": version})
+        return self.get(version)
+
+    def activate(self, version: str | None) -> VersionInfo | None:
+        """Make ``version`` active (None: the base model); remembers the previous one for rollback."""
+        info = self.get(version) if version else None
+        state = self._state()
+        if state.get("active") != (info.version if info else None):
+            state["previous"] = [*state.get("previous", []), state.get("active")][-50:]
+        state["active"] = info.version if info else None
+        write_json_atomic(self._state_path, state)
+        return info
+
+    def rollback(self) -> VersionInfo | None:
+        """Re-activate the version that was active before the current one."""
+        state = self._state()
+        previous = list(state.get("previous", []))
+        if not previous:
+            raise SamspError("nothing to roll back to: this is the first model version")
+        target = previous.pop()
+        state.update(active=target, previous=previous)
+        write_json_atomic(self._state_path, state)
+        return self.get(target) if target else None
+
+    def load_active(self, device: str = "auto") -> LoadedModel | None:
+        """The active version as a :class:`LoadedModel`, or None for the base model."""
+        info = self.active()
+        return load_model(str(info.path), device=device) if info else None
