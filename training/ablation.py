@@ -1,0 +1,326 @@
+"""One-factor-at-a-time ablation around the default recipe, at a budget a shared 2-core CPU can afford.
+
+    python training/ablation.py                      # run every pending variant (resumable), then report
+    python training/ablation.py --only k2_ref k1     # some variants
+    python training/ablation.py --report             # tables + docs/figures/ablation.png from the results
+
+Every variant trains from scratch with the same fixed budget (``BASE``: ``samunet_micro``
+at 128 px, 500 steps of batch 4, all three data sets with balanced sampling, the default
+augmentation) and is evaluated with ``training/evaluate_model.py``'s pipeline on the same
+fixed subset of each validation split (30 evenly spaced images per data set; NoC on 10
+objects per data set). Training does not validate, so no weights are selected on the
+evaluation images: each variant is its final weights.
+
+Results: ``runs/ablation/<variant>/results.json`` (a variant whose results exist is skipped;
+an interrupted one resumes from its ``checkpoint.pt``), the model as
+``runs/ablation/<variant>/model.safetensors`` with its card, and the loss log ``losses.jsonl``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from evaluate_model import DATASETS, SamSegmenter, evaluate, resolve_data  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "runs" / "ablation"
+FIGURES = REPO / "docs" / "figures"
+
+BASE: dict = {
+    "model": "samunet_micro",
+    "steps": 500,
+    "batch_size": 4,
+    "lr": 1e-3,
+    "warmup_steps": 25,
+    "max_side": 256,
+    "seed": 0,
+    "objective": {"num_passes": 2, "distill_weight": 1.0, "prompts_per_image": 3, "click_iterations": 1},
+    "val_limit": 30,
+    "noc_objects": 10,
+}
+
+# name -> (overrides of BASE, what it tests); run in this order
+VARIANTS: dict[str, tuple[dict, str]] = {
+    "k2_ref": ({}, "reference: SAM-UNet, K=2 self-prompting passes, self-distillation"),
+    "unet_baseline": ({"kind": "unet"}, "smp U-Net (ResNet-18, random init), same data, loss and budget"),
+    "k1": ({"objective.num_passes": 1}, "K=1: no self-prompting (one prompt-free pass)"),
+    "no_unet": ({"model": "micro"}, "plain SAM (no SAM-UNet convolutional branch)"),
+    "no_distill": ({"objective.distill_weight": 0.0}, "self-distillation off"),
+    "k3": ({"objective.num_passes": 3}, "K=3 self-prompting passes"),
+    "k2_ref_seed1": ({"seed": 1}, "reference, second seed (noise level)"),
+    "k2_ref_seed2": ({"seed": 2}, "reference, third seed (noise level)"),
+}
+
+
+OVERRIDES: dict = {}  # from the command line (smoke runs): steps, val_limit, noc_objects, train_limit
+
+
+def variant_config(name: str) -> dict:
+    cfg = copy.deepcopy(BASE)
+    cfg.update(OVERRIDES)
+    for key, value in VARIANTS[name][0].items():
+        target = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    cfg["variant"] = name
+    cfg["description"] = VARIANTS[name][1]
+    return cfg
+
+
+def load_train_examples(datasets=DATASETS, max_side: int = 256, limit: int | None = None):
+    """Every pair of each data set's ``train`` split, preloaded (the pipeline of training/train.py)."""
+    from napari_samsp.finetune.data import load_examples
+    from napari_samsp.io import list_pairs, read_splits, split_pairs
+
+    out = []
+    for entry in datasets:
+        root = resolve_data(entry)
+        tr, _ = split_pairs(list_pairs(root), read_splits(root))
+        tr = tr[:limit] if limit else tr
+        out += load_examples(tr, root.name, max_side)
+    return out
+
+
+def _log_to(path: Path):
+    f = path.open("a")
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        f.write(line + "\n")
+        f.flush()
+
+    return log
+
+
+def run_sam_variant(cfg: dict, out: Path, train_ex, log) -> dict:
+    from napari_samsp.finetune.loop import Callbacks, TrainConfig, train
+    from napari_samsp.finetune.objective import ObjectiveConfig
+    from napari_samsp.models import build_model
+    from napari_samsp.models.checkpoints import save_model
+
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg["model"])
+    tcfg = TrainConfig(
+        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"],
+        objective=ObjectiveConfig(**cfg["objective"]), val_every=10**9, checkpoint_every=50, seed=cfg["seed"],
+    )
+    losses = (out / "losses.jsonl").open("a")
+
+    def on_loss(step: int, values: dict) -> None:
+        if step % 10 == 0:
+            losses.write(json.dumps({"step": step, **values}) + "\n")
+            losses.flush()
+        if step % 50 == 0:
+            log(f"{cfg['variant']} step {step}/{cfg['steps']} " + " ".join(f"{k}={v:.4f}" for k, v in values.items()))
+
+    result = train(model, train_ex, (), tcfg, Callbacks(on_loss=on_loss), checkpoint_path=out / "checkpoint.pt")
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    seconds = result.seconds  # of this process only: a resumed run undercounts
+    model = result.model.eval()
+    card = {
+        "mode": "instance", "num_passes": cfg["objective"]["num_passes"],
+        "training_data": [{"name": n, "count": sum(1 for e in train_ex if e.domain == n)} for n in sorted({e.domain for e in train_ex})],
+        "steps": ckpt["state"]["step"], "recipe": {"config": cfg, "command": "training/ablation.py"},
+        "version": f"ablation-{cfg['variant']}",
+    }
+    save_model(model, out / "model.safetensors", card)
+    seg = SamSegmenter(model, f"ablation-{cfg['variant']}", cfg["objective"]["num_passes"], name=cfg["variant"])
+    res = evaluate(seg, DATASETS, cfg["val_limit"], noc_objects=cfg["noc_objects"], log=log)
+    res["train"] = {"seconds": seconds, "steps": ckpt["state"]["step"],
+                    "parameters": int(sum(p.numel() for p in model.parameters()))}
+    return res
+
+
+def run_unet_variant(cfg: dict, out: Path, train_ex, log) -> dict:
+    from baselines import UNetSegmenter, build_unet, train_unet
+
+    torch.manual_seed(cfg["seed"])
+    model = build_unet()
+    img_size = 128
+    info = train_unet(model, train_ex, img_size, cfg["steps"], cfg["batch_size"], cfg["lr"], cfg["warmup_steps"],
+                      seed=cfg["seed"], checkpoint_path=out / "checkpoint.pt", log=log)
+    torch.save(model.state_dict(), out / "unet.pt")
+    res = evaluate(UNetSegmenter(model, img_size), DATASETS, cfg["val_limit"], noc_objects=0, log=log)
+    res["train"] = {**info, "parameters": int(sum(p.numel() for p in model.parameters()))}
+    return res
+
+
+def run_variant(name: str, train_ex_cache: dict, force: bool = False) -> dict | None:
+    out = RUNS / name
+    done = out / "results.json"
+    if done.exists() and not force:
+        return json.loads(done.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = variant_config(name)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    log = _log_to(out / "log.txt")
+    if "examples" not in train_ex_cache:
+        t = time.time()
+        train_ex_cache["examples"] = load_train_examples(DATASETS, cfg["max_side"], cfg.get("train_limit"))
+        log(f"loaded {len(train_ex_cache['examples'])} training examples in {time.time() - t:.0f}s")
+    log(f"variant {name}: {cfg['description']}")
+    if cfg.get("kind") == "unet":
+        res = run_unet_variant(cfg, out, train_ex_cache["examples"], log)
+    else:
+        res = run_sam_variant(cfg, out, train_ex_cache["examples"], log)
+    res["variant"] = name
+    res["config"] = cfg
+    done.write_text(json.dumps(res, indent=2))
+    log(f"variant {name} done: mean Dice {res['mean_dice']:.4f}")
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
+SHORT = {"dsb2018_nuclei": "nuclei", "polypgen_polyps": "polyps", "hc18_fetal_head_us": "fetal head"}
+
+
+def collect() -> dict[str, dict]:
+    out = {}
+    for name in VARIANTS:
+        p = RUNS / name / "results.json"
+        if p.exists():
+            out[name] = json.loads(p.read_text())
+    return out
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    head = ("| variant | what changes | Dice nuclei | F1@0.5 nuclei | Dice polyps | Dice fetal head | mean Dice "
+            "| NoC@90 nuclei / polyps / head | train min | s / image |")
+    lines = [head, "|" + "---|" * 10]
+    for name, r in results.items():
+        d = r["datasets"]
+
+        def noc(k):
+            v = d.get(k, {}).get("noc@90")
+            return "n/a" if v is None else f"{v:.1f}"
+
+        spi = np.mean([d[k]["seconds_per_image"] for k in d])
+        lines.append(
+            f"| `{name}` | {r['config']['description']} | {d['dsb2018_nuclei']['dice']:.3f} | "
+            f"{d['dsb2018_nuclei'].get('instance_f1@0.5', float('nan')):.3f} | {d['polypgen_polyps']['dice']:.3f} | "
+            f"{d['hc18_fetal_head_us']['dice']:.3f} | **{r['mean_dice']:.3f}** | "
+            f"{noc('dsb2018_nuclei')} / {noc('polypgen_polyps')} / {noc('hc18_fetal_head_us')} | "
+            f"{r['train']['seconds'] / 60:.1f} | {spi:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    sets = list(DATASETS)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 1.3]})
+    ax = axes[0]
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        d = results[n]["datasets"]
+        vals = [d[s]["dice"] for s in sets]
+        # standard error over images, to show how much of a difference is image sampling
+        errs = [d[s]["dice_std"] / np.sqrt(max(1, d[s]["n"])) for s in sets]
+        ax.bar(np.arange(len(sets)) + i * width, vals, width, yerr=errs, capsize=2, label=n)
+    ax.set_xticks(np.arange(len(sets)) + 0.4 - width / 2, [SHORT[s] for s in sets])
+    ax.set_ylabel("mean Dice (30 val images, ± s.e.)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Ablation (samunet_micro, 128 px, 500 steps x 4)")
+    ax = axes[1]
+    for n in names:
+        d = results[n]["datasets"].get("dsb2018_nuclei", {})
+        if "instance_f1@0.5" in d:
+            ax.barh(n, d["instance_f1@0.5"])
+    ax.set_xlabel("instance F1@0.5, nuclei")
+    ax.set_xlim(0, 1)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_losses(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in VARIANTS:
+        p = RUNS / name / "losses.jsonl"
+        if not p.exists():
+            continue
+        rows = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+        by_step = {r["step"]: r["seg"] for r in rows if "seg" in r}
+        if by_step:
+            steps = sorted(by_step)
+            vals = np.convolve([by_step[s] for s in steps], np.ones(5) / 5, mode="same")
+            ax.plot(steps, vals, label=name, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("segmentation loss (focal x20 + Dice), smoothed")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report() -> str:
+    results = collect()
+    if not results:
+        return "no results yet"
+    plot(results, FIGURES / "ablation.png")
+    plot_losses(FIGURES / "ablation_losses.png")
+    table = markdown_table(results)
+    (RUNS / "table.md").write_text(table + "\n")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RUNS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS))
+    ap.add_argument("--force", action="store_true", help="rerun even when results exist")
+    ap.add_argument("--report", action="store_true", help="only write the table and figures")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=Path, default=None, help=f"results folder (default {RUNS})")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a budget key for every variant (smoke runs): steps, val_limit, noc_objects, train_limit")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.runs:
+        RUNS = args.runs
+    for item in args.set:
+        k, _, v = item.partition("=")
+        OVERRIDES[k] = json.loads(v)
+    if not args.report:
+        cache: dict = {}
+        for name in args.only or list(VARIANTS):
+            run_variant(name, cache, force=args.force)
+            print(report(), flush=True)
+    print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Evaluate a model with the full inference pipeline on each data set's validation split.
+
+    python training/evaluate_model.py --model runs/default/model.safetensors --out runs/eval/default.json
+    python training/evaluate_model.py --checkpoint runs/default/checkpoint.pt --config-name samunet_tiny --limit 40
+    python training/evaluate_model.py --model napari_samsp/weights/default.safetensors --data polypgen_polyps
+
+Pipeline per image, exactly as ``samsp segment`` runs it: ``load_model`` ->
+``Predictor`` -> ``autoseg.segment_image`` (whole image up to ``2 * img_size``
+px, tiled above). Metrics per data set:
+
+* mean Dice of the foreground (``metrics.dice``), with its standard deviation;
+* instance F1@0.5 (``metrics.instance_f1``) on instance-labelled sets (nuclei);
+* NoC@85/90 (``metrics.simulate_clicks``) on a fixed subset of objects, each
+  click decoded by ``Predictor.predict`` with all clicks so far and the previous
+  low-resolution logits as the mask prompt (whole image, no tiling; max 20 clicks);
+* seconds per image for ``segment_image`` (encoder included; no embedding cache
+  hit) and milliseconds per interactive click.
+
+Mode: ``--mode auto`` (default) segments instance-labelled sets (nuclei) in
+instance mode and binary sets (polyps, fetal head) in semantic mode; Dice is
+always computed on the foreground. ``--mode card`` uses the model card's mode
+for every set. The validation subset is ``--limit`` images evenly spaced over
+the sorted ``val`` stems of ``splits.json`` (all of them without ``--limit``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable, Protocol, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from napari_samsp import metrics  # noqa: E402
+from napari_samsp.io import list_pairs, read_image, read_mask, read_splits  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("SAMSP_DATA", REPO / ".." / "shared" / "datasets")).resolve()
+DATASETS = ("dsb2018_nuclei", "polypgen_polyps", "hc18_fetal_head_us")
+INSTANCE_SETS = {"dsb2018_nuclei"}
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+def resolve_data(entry: str | Path) -> Path:
+    p = Path(entry)
+    return p if p.is_absolute() or p.exists() else DATA_ROOT / str(entry)
+
+
+def evenly_spaced(items: Sequence, limit: int | None) -> list:
+    """``limit`` items spread evenly over ``items`` (all of them when ``limit`` is None or larger)."""
+    items = list(items)
+    if not limit or limit >= len(items):
+        return items
+    idx = np.unique(np.linspace(0, len(items) - 1, int(limit)).round().astype(int))
+    return [items[i] for i in idx]
+
+
+def val_pairs(name: str | Path, limit: int | None = None) -> list:
+    """The validation pairs of a data set (``splits.json``), sorted by stem, evenly subsampled."""
+    root = resolve_data(name)
+    pairs = {p.stem: p for p in list_pairs(root)}
+    splits = read_splits(root)
+    stems = sorted(splits["val"]) if splits and splits.get("val") else sorted(pairs)
+    return evenly_spaced([pairs[s] for s in stems if s in pairs], limit)
+
+
+# ----------------------------------------------------------------------------------------------
+# segmenters: anything with .segment(image, mode) -> labels; .predict_fn for NoC (optional)
+# ----------------------------------------------------------------------------------------------
+class Segmenter(Protocol):
+    name: str
+    supports_clicks: bool
+
+    def segment(self, image: np.ndarray, mode: str) -> np.ndarray: ...
+
+    def click_predictor(self, image: np.ndarray) -> Callable | None: ...
+
+
+class SamSegmenter:
+    """Our model through ``Predictor`` + ``autoseg.segment_image`` (what ``samsp segment`` runs)."""
+
+    def __init__(self, model, model_id: str, num_passes: int = 2, name: str = "sam") -> None:
+        from napari_samsp.predictor import EmbeddingCache, Predictor
+
+        self.name = name
+        self.supports_clicks = True
+        self.num_passes = int(num_passes)
+        # memory-only cache: every image is encoded (timings include the encoder)
+        self.predictor = Predictor(model.eval(), model_id, cache=EmbeddingCache(None, max_memory_entries=2))
+
+    def segment(self, image: np.ndarray, mode: str) -> np.ndarray:
+        from napari_samsp.autoseg import segment_image
+
+        return segment_image(self.predictor, image, mode=mode, num_passes=self.num_passes).labels
+
+    def click_predictor(self, image: np.ndarray) -> Callable:
+        self.predictor.set_image(image)
+        pred = self.predictor
+
+        def predict(points, labels, prev_logits):
+            out = pred.predict(points, labels, mask_input=prev_logits, multimask_output=False)
+            return out.masks[0], out.logits[:1]
+
+        return predict
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------
+def pick_noc_object(gt: np.ndarray, instance: bool) -> np.ndarray | None:
+    """The object a simulated user clicks on: the whole foreground of a binary set; for an
+    instance set the object of median area (deterministic, neither the easiest nor a speck)."""
+    if not instance:
+        fg = gt > 0
+        return fg if fg.any() else None
+    ids, areas = np.unique(gt[gt > 0], return_counts=True)
+    if ids.size == 0:
+        return None
+    order = np.argsort(areas, kind="stable")
+    return gt == ids[order[len(order) // 2]]
+
+
+def evaluate_dataset(
+    seg: Segmenter,
+    name: str,
+    limit: int | None = None,
+    mode: str = "auto",
+    card_mode: str = "semantic",
+    noc_objects: int = 10,
+    max_clicks: int = 20,
+    log: Callable[[str], None] = print,
+) -> dict:
+    pairs = val_pairs(name, limit)
+    instance_set = Path(name).name in INSTANCE_SETS
+    run_mode = mode if mode in ("semantic", "instance") else (card_mode if mode == "card" else ("instance" if instance_set else "semantic"))
+    dices, f1s, pqs, times = [], [], [], []
+    for i, pair in enumerate(pairs):
+        image = read_image(pair.image_path)
+        gt = read_mask(pair.mask_path)
+        t0 = time.perf_counter()
+        labels = seg.segment(image, run_mode)
+        times.append(time.perf_counter() - t0)
+        dices.append(metrics.dice(labels, gt))
+        if instance_set:
+            pred = labels if run_mode == "instance" else metrics._instances(labels)
+            f = metrics.instance_f1(pred, gt)
+            f1s.append(f["f1"])
+            pqs.append(f["pq"])
+        if (i + 1) % 10 == 0:
+            log(f"  {Path(name).name}: {i + 1}/{len(pairs)} mean Dice {np.mean(dices):.4f}")
+    out: dict = {
+        "n": len(pairs),
+        "mode": run_mode,
+        "dice": float(np.mean(dices)),
+        "dice_std": float(np.std(dices)),
+        "seconds_per_image": float(np.mean(times)),
+        "seconds_per_image_median": float(np.median(times)),
+        "per_image_dice": {p.stem: float(d) for p, d in zip(pairs, dices)},
+    }
+    if instance_set:
+        out["instance_f1@0.5"] = float(np.mean(f1s))
+        out["pq"] = float(np.mean(pqs))
+    if noc_objects and getattr(seg, "supports_clicks", False):
+        results, click_times = [], []
+        for pair in evenly_spaced(pairs, noc_objects * 2):
+            if len(results) >= noc_objects:
+                break
+            gt = read_mask(pair.mask_path)
+            obj = pick_noc_object(gt, instance_set)
+            if obj is None:
+                continue
+            predict = seg.click_predictor(read_image(pair.image_path))
+
+            def timed(points, labels, prev, _p=predict):
+                t = time.perf_counter()
+                r = _p(points, labels, prev)
+                click_times.append(time.perf_counter() - t)
+                return r
+
+            results.append(metrics.simulate_clicks(timed, obj, max_clicks=max_clicks, iou_targets=(0.85, 0.90)))
+        summ = metrics.noc_summary(results, max_clicks=max_clicks)
+        out["noc"] = {k: v for k, v in summ.items() if k != "miou_at_click"}
+        out["noc"]["miou_at_click"] = summ.get("miou_at_click", [])
+        out["noc"]["ms_per_click"] = float(1000 * np.mean(click_times)) if click_times else float("nan")
+        out["noc@90"] = summ.get("noc@90", float("nan"))
+    return out
+
+
+def evaluate(
+    seg: Segmenter,
+    datasets: Sequence[str] = DATASETS,
+    limit: int | None = None,
+    mode: str = "auto",
+    card_mode: str = "semantic",
+    noc_objects: int = 10,
+    max_clicks: int = 20,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Metrics per data set plus their mean Dice over data sets."""
+    res = {}
+    t0 = time.time()
+    for name in datasets:
+        res[Path(name).name] = evaluate_dataset(seg, name, limit, mode, card_mode, noc_objects, max_clicks, log)
+        r = res[Path(name).name]
+        log(f"{Path(name).name}: Dice {r['dice']:.4f}" + (f" F1@0.5 {r['instance_f1@0.5']:.4f}" if "instance_f1@0.5" in r else "")
+            + (f" NoC@90 {r['noc@90']:.2f}" if "noc@90" in r else "") + f" {r['seconds_per_image']:.3f} s/img")
+    return {
+        "datasets": res,
+        "mean_dice": float(np.mean([r["dice"] for r in res.values()])),
+        "eval_seconds": time.time() - t0,
+        "settings": {"limit": limit, "mode": mode, "noc_objects": noc_objects, "max_clicks": max_clicks,
+                     "torch_threads": torch.get_num_threads(), "data_root": str(DATA_ROOT)},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    model_id: str
+    card: dict
+
+
+def load_checkpoint(path: str | Path, config_name: str, which: str = "best") -> Loaded:
+    """A training checkpoint's ``best`` (or ``model``) weights, without a safetensors file.
+
+    The run folder's ``config.json`` (written by ``training/train.py``) gives the mode
+    and the number of self-prompting passes when present.
+    """
+    from napari_samsp.models import build_model
+    from napari_samsp.models.build import get_config
+
+    path = Path(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get(which) if isinstance(ckpt, dict) else None
+    if state is None:
+        if which == "best":
+            print(f"{path}: no 'best' weights (no validation yet?); using 'model'", file=sys.stderr)
+        state = ckpt["model"]
+    model = build_model(get_config(config_name))
+    model.load_state_dict(state)
+    card: dict = {"mode": "semantic", "num_passes": 2}
+    run_cfg = path.parent / "config.json"
+    if run_cfg.is_file():
+        cfg = json.loads(run_cfg.read_text()).get("config", {})
+        card["mode"] = cfg.get("mode", "semantic")
+        card["num_passes"] = int(cfg.get("objective", {}).get("num_passes", 2))
+    s = ckpt.get("state", {}) if isinstance(ckpt, dict) else {}
+    card["checkpoint"] = {"path": str(path), "weights": which, "step": s.get("step"), "best_step": s.get("best_step"),
+                          "best_val": s.get("best_val")}
+    return Loaded(model.eval(), f"ckpt-{path.parent.name}-{which}-{s.get('best_step' if which == 'best' else 'step')}", card)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model file or built-in name (as samsp segment --model)")
+    src.add_argument("--checkpoint", type=Path, help="a training checkpoint.pt (runs/<x>/checkpoint.pt)")
+    ap.add_argument("--config-name", default="samunet_tiny", help="architecture of --checkpoint")
+    ap.add_argument("--weights", choices=("best", "model"), default="best", help="which weights of --checkpoint")
+    ap.add_argument("--data", nargs="+", default=list(DATASETS), help="data set names under SAMSP_DATA, or folders")
+    ap.add_argument("--limit", type=int, default=None, help="validation images per data set (evenly spaced)")
+    ap.add_argument("--mode", choices=("auto", "card", "semantic", "instance"), default="auto")
+    ap.add_argument("--num-passes", type=int, default=None, help="self-prompting passes (default: from the card)")
+    ap.add_argument("--noc-objects", type=int, default=10, help="objects per data set for NoC (0: skip)")
+    ap.add_argument("--max-clicks", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, help="write the JSON here (also printed)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.checkpoint:
+        loaded = load_checkpoint(args.checkpoint, args.config_name, args.weights)
+        model, model_id, card, source = loaded.model, loaded.model_id, loaded.card, str(args.checkpoint)
+    else:
+        from napari_samsp.models.checkpoints import load_model
+
+        lm = load_model(args.model, device="cpu")
+        if lm.is_random:
+            print(f"warning: {args.model} is randomly initialised", file=sys.stderr)
+        model, model_id, card, source = lm.model, lm.model_id, dict(lm.card), lm.source
+    num_passes = args.num_passes or int(card.get("num_passes", 2))
+    seg = SamSegmenter(model, model_id, num_passes, name=source)
+    res = evaluate(seg, args.data, args.limit, args.mode, str(card.get("mode", "semantic")), args.noc_objects,
+                   args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True))
+    res["model"] = {"source": source, "model_id": model_id, "num_passes": num_passes,
+                    "config": getattr(model, "config", None) and model.config.name,
+                    "parameters": int(sum(p.numel() for p in model.parameters())),
+                    "card_mode": card.get("mode"), "checkpoint": card.get("checkpoint"),
+                    "card_metrics": card.get("metrics")}
+    text = json.dumps(res, indent=2, default=str)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    summary = {k: {m: v[m] for m in ("dice", "instance_f1@0.5", "noc@90", "seconds_per_image") if m in v}
+               for k, v in res["datasets"].items()}
+    print(json.dumps({"mean_dice": res["mean_dice"], "datasets": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
