@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-clicks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the JSON here (also printed)")
+    ap.add_argument("--markdown", action="store_true", help="also print a table for docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -308,7 +309,26 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: {m: v[m] for m in ("dice", "instance_f1@0.5", "noc@90", "seconds_per_image") if m in v}
                for k, v in res["datasets"].items()}
     print(json.dumps({"mean_dice": res["mean_dice"], "datasets": summary}, indent=2))
+    if args.markdown:
+        print(markdown(res))
     return 0
+
+
+def markdown(res: dict) -> str:
+    """The per-data-set table of docs/BENCHMARKS.md ("Default model")."""
+    lines = ["| data set | val images | mode | Dice (± s.d.) | instance F1@0.5 | PQ | NoC@85 | NoC@90 | s / image | ms / click |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in res["datasets"].items():
+        noc = r.get("noc", {})
+
+        def f(v, fmt=".3f"):
+            return "-" if v is None else format(v, fmt)
+
+        lines.append(f"| {name} | {r['n']} | {r['mode']} | {r['dice']:.3f} ± {r['dice_std']:.3f} | "
+                     f"{f(r.get('instance_f1@0.5'))} | {f(r.get('pq'))} | {f(noc.get('noc@85'), '.1f')} | "
+                     f"{f(noc.get('noc@90'), '.1f')} | {r['seconds_per_image']:.3f} | {f(noc.get('ms_per_click'), '.0f')} |")
+    lines.append(f"| **mean over sets** | | | **{res['mean_dice']:.3f}** | | | | | | |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
