@@ -45,7 +45,12 @@ demo() {
   setup
   local out=$ROOT/out/demo
   mkdir -p "$out/images"
-  "$PY" -m napari_samsp.sample_data_gen "$out/images"
+  "$PY" scripts/demo.py --write-samples "$out/images"
+  if [ -d "$SAMSP_DATA/dsb2018_nuclei/images" ]; then
+    # A few real images too (copied into out/, never into the repository).
+    ls "$SAMSP_DATA"/dsb2018_nuclei/images/* | head -2 | xargs -I{} cp {} "$out/images/"
+    ls "$SAMSP_DATA"/hc18_fetal_head_us/images/* | head -1 | xargs -I{} cp {} "$out/images/"
+  fi
   echo "== headless: samsp segment =="
   "$VENV/bin/samsp" segment "$out/images" -o "$out/labels" --mode instance
   echo "labels written to $out/labels"
