@@ -187,6 +187,29 @@ def run_variant(name: str, train_ex_cache: dict, force: bool = False) -> dict | 
     return res
 
 
+def extra_noc(name: str, log=print) -> None:
+    """NoC again with the whole-image box on every click (how training presents "points only"
+    prompts, see finetune.prompts.simulate_prompts); stored as ``noc_image_box`` per data set."""
+    from evaluate_model import INSTANCE_SETS, noc_on, val_pairs
+    from napari_samsp.models.checkpoints import load_model
+
+    p = RUNS / name / "results.json"
+    model_file = RUNS / name / "model.safetensors"
+    if not p.exists() or not model_file.exists():
+        return
+    res = json.loads(p.read_text())
+    if all("noc_image_box" in d for d in res["datasets"].values()):
+        return
+    lm = load_model(str(model_file), device="cpu")
+    seg = SamSegmenter(lm.model, lm.model_id, res["config"]["objective"]["num_passes"], name=name, click_box="image")
+    for ds, d in res["datasets"].items():
+        d["noc_image_box"] = noc_on(seg, val_pairs(ds, res["config"]["val_limit"]), ds in INSTANCE_SETS,
+                                    res["config"]["noc_objects"])
+        log(f"{name} {ds}: NoC@90 with image box {d['noc_image_box']['noc@90']:.1f} "
+            f"(IoU after 1 click {d['noc_image_box']['miou_at_click'][0]:.3f})")
+    p.write_text(json.dumps(res, indent=2))
+
+
 # ----------------------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------------------
@@ -302,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=list(VARIANTS))
     ap.add_argument("--force", action="store_true", help="rerun even when results exist")
     ap.add_argument("--report", action="store_true", help="only write the table and figures")
+    ap.add_argument("--extra-noc", action="store_true", help="add NoC with the whole-image box to finished SAM variants")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=Path, default=None, help=f"results folder (default {RUNS})")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -313,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         k, _, v = item.partition("=")
         OVERRIDES[k] = json.loads(v)
-    if not args.report:
+    if args.extra_noc:
+        for name in args.only or list(VARIANTS):
+            extra_noc(name)
+    elif not args.report:
         cache: dict = {}
         for name in args.only or list(VARIANTS):
             run_variant(name, cache, force=args.force)

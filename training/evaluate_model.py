@@ -90,9 +90,12 @@ class Segmenter(Protocol):
 class SamSegmenter:
     """Our model through ``Predictor`` + ``autoseg.segment_image`` (what ``samsp segment`` runs)."""
 
-    def __init__(self, model, model_id: str, num_passes: int = 2, name: str = "sam") -> None:
+    def __init__(self, model, model_id: str, num_passes: int = 2, name: str = "sam", click_box: str = "none") -> None:
         from napari_samsp.predictor import EmbeddingCache, Predictor
 
+        if click_box not in ("none", "image"):
+            raise ValueError("click_box must be 'none' or 'image'")
+        self.click_box = click_box
         self.name = name
         self.supports_clicks = True
         self.num_passes = int(num_passes)
@@ -107,9 +110,13 @@ class SamSegmenter:
     def click_predictor(self, image: np.ndarray) -> Callable:
         self.predictor.set_image(image)
         pred = self.predictor
+        h, w = pred.original_size
+        # "image": every click prompt also carries the whole-image box, which is how the training
+        # objective (finetune.prompts.simulate_prompts) presents "points only" prompts
+        box = np.array([0, 0, w - 1, h - 1], np.float32) if self.click_box == "image" else None
 
         def predict(points, labels, prev_logits):
-            out = pred.predict(points, labels, mask_input=prev_logits, multimask_output=False)
+            out = pred.predict(points, labels, box=box, mask_input=prev_logits, multimask_output=False)
             return out.masks[0], out.logits[:1]
 
         return predict
@@ -129,6 +136,30 @@ def pick_noc_object(gt: np.ndarray, instance: bool) -> np.ndarray | None:
         return None
     order = np.argsort(areas, kind="stable")
     return gt == ids[order[len(order) // 2]]
+
+
+def noc_on(seg: Segmenter, pairs, instance_set: bool, noc_objects: int = 10, max_clicks: int = 20) -> dict:
+    """NoC over ``noc_objects`` objects (one per image, images evenly spaced over ``pairs``)."""
+    results, click_times = [], []
+    for pair in evenly_spaced(pairs, noc_objects * 2):
+        if len(results) >= noc_objects:
+            break
+        obj = pick_noc_object(read_mask(pair.mask_path), instance_set)
+        if obj is None:
+            continue
+        predict = seg.click_predictor(read_image(pair.image_path))
+
+        def timed(points, labels, prev, _p=predict):
+            t = time.perf_counter()
+            r = _p(points, labels, prev)
+            click_times.append(time.perf_counter() - t)
+            return r
+
+        results.append(metrics.simulate_clicks(timed, obj, max_clicks=max_clicks, iou_targets=(0.85, 0.90)))
+    out = metrics.noc_summary(results, max_clicks=max_clicks)
+    out["ms_per_click"] = float(1000 * np.mean(click_times)) if click_times else float("nan")
+    out["click_box"] = getattr(seg, "click_box", None)
+    return out
 
 
 def evaluate_dataset(
@@ -172,28 +203,8 @@ def evaluate_dataset(
         out["instance_f1@0.5"] = float(np.mean(f1s))
         out["pq"] = float(np.mean(pqs))
     if noc_objects and getattr(seg, "supports_clicks", False):
-        results, click_times = [], []
-        for pair in evenly_spaced(pairs, noc_objects * 2):
-            if len(results) >= noc_objects:
-                break
-            gt = read_mask(pair.mask_path)
-            obj = pick_noc_object(gt, instance_set)
-            if obj is None:
-                continue
-            predict = seg.click_predictor(read_image(pair.image_path))
-
-            def timed(points, labels, prev, _p=predict):
-                t = time.perf_counter()
-                r = _p(points, labels, prev)
-                click_times.append(time.perf_counter() - t)
-                return r
-
-            results.append(metrics.simulate_clicks(timed, obj, max_clicks=max_clicks, iou_targets=(0.85, 0.90)))
-        summ = metrics.noc_summary(results, max_clicks=max_clicks)
-        out["noc"] = {k: v for k, v in summ.items() if k != "miou_at_click"}
-        out["noc"]["miou_at_click"] = summ.get("miou_at_click", [])
-        out["noc"]["ms_per_click"] = float(1000 * np.mean(click_times)) if click_times else float("nan")
-        out["noc@90"] = summ.get("noc@90", float("nan"))
+        out["noc"] = noc_on(seg, pairs, instance_set, noc_objects, max_clicks)
+        out["noc@90"] = out["noc"].get("noc@90", float("nan"))
     return out
 
 
@@ -219,7 +230,7 @@ def evaluate(
         "datasets": res,
         "mean_dice": float(np.mean([r["dice"] for r in res.values()])),
         "eval_seconds": time.time() - t0,
-        "settings": {"limit": limit, "mode": mode, "noc_objects": noc_objects, "max_clicks": max_clicks,
+        "settings": {"limit": limit, "mode": mode, "click_box": getattr(seg, "click_box", None), "noc_objects": noc_objects, "max_clicks": max_clicks,
                      "torch_threads": torch.get_num_threads(), "data_root": str(DATA_ROOT)},
     }
 
@@ -277,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-passes", type=int, default=None, help="self-prompting passes (default: from the card)")
     ap.add_argument("--noc-objects", type=int, default=10, help="objects per data set for NoC (0: skip)")
     ap.add_argument("--max-clicks", type=int, default=20)
+    ap.add_argument("--click-box", choices=("none", "image"), default="none",
+                    help="NoC clicks alone (as the plugin sends them) or with the whole-image box (as training presents them)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the JSON here (also printed)")
     ap.add_argument("--markdown", action="store_true", help="also print a table for docs/BENCHMARKS.md")
@@ -294,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {args.model} is randomly initialised", file=sys.stderr)
         model, model_id, card, source = lm.model, lm.model_id, dict(lm.card), lm.source
     num_passes = args.num_passes or int(card.get("num_passes", 2))
-    seg = SamSegmenter(model, model_id, num_passes, name=source)
+    seg = SamSegmenter(model, model_id, num_passes, name=source, click_box=args.click_box)
     res = evaluate(seg, args.data, args.limit, args.mode, str(card.get("mode", "semantic")), args.noc_objects,
                    args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True))
     res["model"] = {"source": source, "model_id": model_id, "num_passes": num_passes,
