@@ -148,7 +148,7 @@ class Bank:
 
 def finetune(base: LoadedModel, items: list[_Item], steps: int, lr: float, seed: int):
     model = copy.deepcopy(base.model).eval()
-    cfg = ImproveConfig(steps=steps, batch_size=4, lr=lr, seed=seed)
+    cfg = ImproveConfig(steps=steps, batch_size=4, lr=lr, seed=seed, human_prompts=0)
     _train_round(model, items, [], cfg, int(base.card.get("num_passes", 2)), None, None, 0)
     return model.eval()
 
@@ -287,7 +287,8 @@ def run_improve(seed: int, model, base: LoadedModel, bank: Bank, labeled, pool_i
     out = {"labels": len(labeled), "before": val_dice(model, val_bank.items, k)}
     for name, pw in (("pseudo+pref", args.pref_weight), ("pseudo only", 0.0)):
         t0 = time.time()
-        cfg = ImproveConfig(steps=args.improve_steps, lr=args.lr, pref_weight=pw, beta=args.beta, reward=rcfg, seed=seed, max_side=args.max_side)
+        cfg = ImproveConfig(steps=args.improve_steps, lr=args.lr, pref_weight=pw, beta=args.beta, reward=rcfg, seed=seed, max_side=args.max_side,
+                            human_prompts=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rep = self_improve(loaded, [bank.examples[i].image for i in rest], [store], rounds=args.rounds,

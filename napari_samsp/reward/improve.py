@@ -77,6 +77,7 @@ class ImproveConfig:
     min_confidence: float = 0.0
     min_delta: float = 0.0
     trainable: tuple[str, ...] = ("mask_decoder", "prompt_encoder")
+    human_prompts: int = 3  # simulated box/point prompts per human example (0: prompt-free passes only, cheaper)
     reward: RewardConfig = field(default_factory=RewardConfig)
     tta: bool = False
     seed: int = 0
@@ -316,7 +317,8 @@ def _train_round(model: SamModel, human: list[_Item], pseudo: list[_Item], cfg: 
     rng = random.Random(cfg.seed * 1000 + r)
     model.train()
     params = configure_trainable(model, cfg.trainable)
-    objective = SelfPromptObjective(model, ObjectiveConfig(num_passes=num_passes, prompts_per_image=3, click_iterations=1), seed=cfg.seed + r)
+    objective = SelfPromptObjective(model, ObjectiveConfig(num_passes=num_passes, prompts_per_image=cfg.human_prompts,
+                                                        prompt_weight=1.0 if cfg.human_prompts else 0.0, click_iterations=1), seed=cfg.seed + r)
     sp = SamSP(model, num_passes=num_passes)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     n_h = max(1, cfg.batch_size // 2) if pseudo else cfg.batch_size
