@@ -1,0 +1,252 @@
+"""Model panel: choose the weights (embedded default, a built-in config, the project's active
+version, or a file), the device, load in a worker, and show the model card."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+DEFAULT = "default"
+FILE = "file"
+ACTIVE_VERSION = "active version"
+
+TRUST_TOOLTIP = (
+    "Checkpoints saved by the SAM-UNet training code pickle Python objects (optimizer state, "
+    "argparse settings) next to the weights. Unpickling such a file can run arbitrary code, so "
+    "it is refused unless you tick this box. Only tick it for files from a source you trust. "
+    "Official SAM .pth files and our .safetensors never need it."
+)
+
+
+def card_html(loaded) -> str:
+    """A short, readable summary of a model card."""
+    card = loaded.card or {}
+    cfg = card.get("config") or {}
+    rows = [
+        ("source", loaded.source),
+        ("architecture", cfg.get("name", "?") + (" + SAM-UNet branch" if cfg.get("unet") else "")),
+        ("input", f"{card.get('input_size', cfg.get('img_size', '?'))} px, patch {cfg.get('patch_size', '?')}"),
+        ("mode", f"{card.get('mode', 'semantic')}, {card.get('num_passes', '?')} self-prompting passes"),
+        ("version", str(card.get("version", loaded.model_id))[:24]),
+    ]
+    if card.get("parent"):
+        rows.append(("parent", str(card["parent"])[:24]))
+    if card.get("created"):
+        rows.append(("created", str(card["created"])))
+    data = card.get("training_data") or []
+    if data:
+        rows.append(("trained on", ", ".join(f"{d.get('name')} ({d.get('count')})" for d in data[:4])))
+    if card.get("steps"):
+        rows.append(("steps", str(card["steps"])))
+    metrics = card.get("metrics") or {}
+    if metrics:
+        shown = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))][:4]
+        rows.append(("metrics", ", ".join(f"{k} {v:.3f}" for k, v in shown)))
+    body = "".join(
+        f"<tr><td style='color:#999;padding-right:6px'>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in rows
+    )
+    warn = ""
+    if loaded.is_random:
+        warn = (
+            "<p style='color:#ff6b6b'><b>Random weights:</b> this model is untrained; its masks are "
+            "meaningless until you fine-tune it or load trained weights.</p>"
+        )
+    return f"{warn}<table>{body}</table>"
+
+
+class ModelPanel(QWidget):
+    """Loads a model into the session (in a thread worker)."""
+
+    def __init__(self, session, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        form = QFormLayout()
+        self.source = QComboBox()
+        self.source.setToolTip("Which weights to load")
+        self._fill_sources()
+        self.source.currentIndexChanged.connect(self._on_source)
+        form.addRow("Weights", self.source)
+
+        file_row = QHBoxLayout()
+        self.path = QLineEdit()
+        self.path.setPlaceholderText(".safetensors, official SAM .pth or SAM-UNet checkpoint")
+        self.path.setToolTip("Path of a weights file (used when Weights is 'file…')")
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip("Choose a weights file")
+        browse.clicked.connect(self._browse)
+        file_row.addWidget(self.path)
+        file_row.addWidget(browse)
+        self.file_row = QWidget()
+        self.file_row.setLayout(file_row)
+        file_row.setContentsMargins(0, 0, 0, 0)
+        form.addRow("File", self.file_row)
+
+        self.trust = QCheckBox("trust this file (allow pickled objects)")
+        self.trust.setToolTip(TRUST_TOOLTIP)
+        form.addRow("", self.trust)
+
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device.setToolTip("auto picks CUDA, then Apple MPS, then the CPU")
+        form.addRow("Device", self.device)
+        layout.addLayout(form)
+
+        self.load_button = QPushButton("Load model")
+        self.load_button.setToolTip("Load the chosen weights in the background")
+        self.load_button.clicked.connect(lambda: self.load())
+        layout.addWidget(self.load_button)
+
+        self.card = QLabel("No model loaded.")
+        self.card.setWordWrap(True)
+        self.card.setTextFormat(Qt.RichText)
+        self.card.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        layout.addWidget(self.card)
+        self._on_source()
+        session.model_changed.connect(self._show_card)
+
+    # -- choices ---------------------------------------------------------------------
+    def _fill_sources(self) -> None:
+        from ..models.build import describe_models
+
+        self.source.addItem("embedded default", DEFAULT)
+        for name, desc in describe_models():
+            self.source.addItem(f"{name} (config)", name)
+            self.source.setItemData(self.source.count() - 1, desc, Qt.ToolTipRole)
+        self.source.addItem("project's active version", ACTIVE_VERSION)
+        self.source.addItem("file…", FILE)
+
+    def _on_source(self) -> None:
+        is_file = self.source.currentData() == FILE
+        self.file_row.setEnabled(is_file)
+        self.trust.setEnabled(is_file)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model weights", str(Path.home()), "Weights (*.safetensors *.pth *.pt *.bin);;All files (*)"
+        )
+        if path:
+            self.path.setText(path)
+            self.source.setCurrentIndex(self.source.findData(FILE))
+
+    def select(self, source: str) -> None:
+        """Select a source by key (``default``, a config name, ``active version``, ``file``) or a file path."""
+        idx = self.source.findData(source)
+        if idx < 0:
+            self.path.setText(str(source))
+            idx = self.source.findData(FILE)
+        self.source.setCurrentIndex(idx)
+
+    # -- loading ---------------------------------------------------------------------
+    def _resolve(self):
+        """(name_or_path for load_model, human-readable description)."""
+        from ..errors import WeightsError
+
+        key = self.source.currentData()
+        if key == DEFAULT:
+            return None, "embedded default"
+        if key == FILE:
+            text = self.path.text().strip()
+            if not text:
+                raise WeightsError("choose a weights file first")
+            return text, Path(text).name
+        if key == ACTIVE_VERSION:
+            versions = self.session.versions
+            active = None if versions is None else versions.active()
+            if active is None:
+                raise WeightsError(f"no active fine-tuned version in {self.session.models_dir} yet")
+            return str(version_weights(active.path)), f"version {active.version}"
+        return key, key
+
+    def load(self, source: str | None = None, device: str | None = None, trust: bool | None = None):
+        """Load weights in a worker (``source``: see :meth:`select`); returns the task or None."""
+        if source is not None:
+            self.select(source)
+        if device is not None:
+            self.device.setCurrentText(device)
+        if trust is not None:
+            self.trust.setChecked(bool(trust))
+        try:
+            target, label = self._resolve()
+        except Exception as exc:
+            self.session.messages.exception(exc, "loading the model")
+            return None
+        key = self.source.currentData()
+        return load_into_session(
+            self.session, target, self.device.currentText(), self.trust.isChecked(), label,
+            remember_base=key != ACTIVE_VERSION,
+        )
+
+    def _show_card(self, loaded) -> None:
+        self.card.setText("No model loaded." if loaded is None else card_html(loaded))
+
+
+def version_weights(path: Path) -> Path:
+    """The weights file of a model version (a file, or a folder holding one .safetensors)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if files:
+            return files[0]
+    return path
+
+
+def load_into_session(session, target, device: str, trust: bool, label: str, on_loaded=None, remember_base: bool = True):
+    """Start a worker that loads ``target`` and installs it with a fresh predictor.
+
+    ``remember_base``: this is the user's base model (what a rollback past the first
+    fine-tuned version returns to), not a project version.
+    """
+    cache_dir = session.cache_dir
+
+    def work(ctx):
+        from ..models.checkpoints import load_model
+        from ..predictor import EmbeddingCache, Predictor
+
+        loaded = load_model(target, device=device, trust=trust)
+        predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache(cache_dir, max_memory_entries=8))
+        return loaded, predictor
+
+    def done(result):
+        loaded, predictor = result
+        session.device = device
+        if remember_base:
+            session.base_target = (target, trust)
+        session.set_model(loaded, predictor)
+        msg = f"model loaded: {label} ({loaded.card.get('config', {}).get('name', '?')}, on {predictor.device})"
+        if loaded.is_random:
+            session.messages.warning(msg + " — random weights: masks are meaningless until trained")
+        else:
+            session.messages.info(msg)
+        if on_loaded is not None:
+            on_loaded(loaded)
+
+    def failed(exc):
+        kept = "" if session.loaded is None else " (the previous model stays loaded)"
+        session.messages.error(f"could not load {label}: {_one_line(exc)}{kept}")
+
+    return session.tasks.start("model", f"loading model {label}", work, on_done=done, on_error=failed)
+
+
+def _one_line(exc: BaseException) -> str:
+    from .notify import describe
+
+    return describe(exc)

@@ -1,0 +1,301 @@
+"""Image + auto-segment panel: pick the Image layer to work on, segment the current image /
+slice or the whole stack by self-prompting, and precompute embeddings."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGridLayout, QPushButton, QVBoxLayout, QWidget
+
+from ..errors import SamspError
+from .workspace import Workspace, check_image_layer
+
+
+def require_model(session) -> bool:
+    if session.predictor is None:
+        session.messages.error("no model loaded: load one in the Model section first")
+        return False
+    return True
+
+
+def ensure_embedding(session, ws: Workspace, z: int | None, then=None) -> bool:
+    """Make the predictor hold the features of plane ``z`` of ``ws``.
+
+    Returns True when they are ready now; otherwise starts a worker (cache lookup or
+    encoder) and calls ``then()`` when it is done.
+    """
+    if session.embedded == (ws.key, z) and session.predictor is not None:
+        return True
+    if not require_model(session):
+        return False
+    predictor = session.predictor
+
+    def work(ctx):
+        t0 = time.perf_counter()
+        predictor.set_image(ws.model_plane(z))
+        return predictor.last_embed_was_cached, time.perf_counter() - t0
+
+    def done(result):
+        cached, seconds = result
+        if session.predictor is predictor:
+            session.embedded = (ws.key, z)
+        where = "" if z is None else f" of slice {z}"
+        session.messages.status(f"embedding{where} {'from the cache' if cached else 'computed'} in {seconds:.2f} s")
+        if then is not None:
+            then()
+
+    where = "" if z is None else f" (slice {z})"
+    session.tasks.start("model", f"computing the image embedding{where}", work, on_done=done)
+    return False
+
+
+class SegmentPanel(QWidget):
+    """Chooses the working image and runs prompt-free segmentation."""
+
+    def __init__(self, session, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.viewer = session.viewer
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The Image layer to annotate (2D, 3D stack, RGB, 8/16-bit or float)")
+        self.image_combo.activated.connect(self._on_combo)
+        form.addRow("Image", self.image_combo)
+        self.mode = QComboBox()
+        self.mode.addItems(["semantic", "instance"])
+        self.mode.setToolTip("semantic: one foreground label; instance: one label per object")
+        form.addRow("Mode", self.mode)
+        layout.addLayout(form)
+
+        grid = QGridLayout()
+        self.segment_button = QPushButton("Segment image/slice")
+        self.segment_button.setToolTip("Prompt-free self-prompted segmentation of the current image or slice [Shift+S]")
+        self.segment_button.clicked.connect(lambda: self.segment_current())
+        self.segment_all_button = QPushButton("Segment all slices")
+        self.segment_all_button.setToolTip("Segment every slice of a 3D stack (in the background)")
+        self.segment_all_button.clicked.connect(lambda: self.segment_all())
+        self.embed_button = QPushButton("Precompute embeddings")
+        self.embed_button.setToolTip("Encode every slice now (cached on disk) so clicks on any slice are instant")
+        self.embed_button.clicked.connect(lambda: self.embed_all())
+        grid.addWidget(self.segment_button, 0, 0)
+        grid.addWidget(self.segment_all_button, 0, 1)
+        grid.addWidget(self.embed_button, 1, 0, 1, 2)
+        layout.addLayout(grid)
+
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._on_removed)
+        self.viewer.layers.events.moved.connect(self._refresh_layers)
+        session.model_changed.connect(self._on_model)
+        session.workspace_changed.connect(lambda ws: self._refresh_layers())
+        self._refresh_layers()
+
+    # -- image choice ------------------------------------------------------------------
+    def _image_layers(self) -> list:
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_layers(self, event=None) -> None:
+        current = self.session.workspace.image if self.session.workspace is not None else None
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        for layer in self._image_layers():
+            self.image_combo.addItem(layer.name, id(layer))
+            if layer is current:
+                self.image_combo.setCurrentIndex(self.image_combo.count() - 1)
+        self.image_combo.blockSignals(False)
+        for layer in self._image_layers():  # keep names in sync
+            layer.events.name.disconnect(self._refresh_layers)
+            layer.events.name.connect(self._refresh_layers)
+
+    def _on_removed(self, event) -> None:
+        ws = self.session.workspace
+        if ws is not None and event.value is ws.image:
+            self.session.set_workspace(None)
+        elif ws is not None and event.value in ws.companions():
+            self.session.reset_editor()
+        self._refresh_layers()
+
+    def _on_combo(self, index: int) -> None:
+        key = self.image_combo.itemData(index)
+        for layer in self._image_layers():
+            if id(layer) == key:
+                self.use_layer(layer)
+                return
+
+    def _on_model(self, loaded) -> None:
+        if loaded is not None:
+            self.mode.setCurrentText(self.session.default_mode)
+
+    def use_layer(self, layer) -> Workspace | None:
+        """Work on ``layer`` (must be an Image layer the model can take); None after telling the user why not."""
+        ws = self.session.workspace
+        if ws is not None and ws.image is layer:
+            return ws
+        try:
+            check_image_layer(layer)
+            ws = Workspace(self.viewer, layer)
+        except SamspError as exc:
+            self.session.messages.exception(exc)
+            return None
+        self.session.set_workspace(ws)
+        self.session.messages.status(f"working on '{layer.name}' ({'x'.join(map(str, ws.spatial))})")
+        return ws
+
+    def workspace(self) -> Workspace | None:
+        """The workspace of the chosen image (falls back to the selected layer)."""
+        ws = self.session.workspace
+        if ws is not None and ws.image in self.viewer.layers:
+            return ws
+        index = self.image_combo.currentIndex()
+        if index >= 0:
+            key = self.image_combo.itemData(index)
+            for layer in self._image_layers():
+                if id(layer) == key:
+                    return self.use_layer(layer)
+        active = self.viewer.layers.selection.active
+        return self.use_layer(active)
+
+    # -- segmentation ------------------------------------------------------------------
+    def _kwargs(self) -> dict:
+        kw = {}
+        if self.session.num_passes:
+            kw["num_passes"] = self.session.num_passes
+        return kw
+
+    def segment_current(self):
+        """Auto-segment the current image (or slice of a stack) in a worker; returns the task or None."""
+        ws = self.workspace()
+        if ws is None or not require_model(self.session):
+            return None
+        try:
+            ws.check_labels()
+        except SamspError as exc:
+            self.session.messages.exception(exc)
+            return None
+        z = ws.current_z()
+        mode = self.mode.currentText()
+        predictor = self.session.predictor
+        kwargs = self._kwargs()
+
+        def work(ctx):
+            from ..autoseg import default_tiling, segment_image
+
+            t0 = time.perf_counter()
+            plane = ws.model_plane(z)
+            res = segment_image(predictor, plane, mode=mode, progress=ctx.report, cancel=ctx.cancelled, **kwargs)
+            whole = max(plane.shape[:2]) <= default_tiling(predictor.model.img_size)[0]
+            return res, whole, time.perf_counter() - t0
+
+        def done(result):
+            res, whole, seconds = result
+            self._apply_plane(ws, z, res.labels, mode)
+            if self.session.predictor is predictor:
+                self.session.embedded = (ws.key, z) if whole else None
+            n = int(res.labels.max(initial=0)) if mode == "instance" else int(res.labels.any())
+            where = "" if z is None else f" slice {z}"
+            self.session.messages.status(
+                f"auto-segmented '{ws.name}'{where}: {n} {'objects' if mode == 'instance' else 'foreground region(s)'} "
+                f"in {seconds:.1f} s (undo: Shift+U)"
+            )
+
+        where = "" if z is None else f" slice {z}"
+        return self.session.tasks.start("model", f"auto-segmenting '{ws.name}'{where}", work, on_done=done, total=1)
+
+    def _apply_plane(self, ws: Workspace, z, labels: np.ndarray, mode: str) -> None:
+        try:
+            old = ws.labels_plane(z)
+        except SamspError as exc:
+            self.session.messages.exception(exc)
+            return
+        self.session.history.push(ws.key, z, old)
+        plane = labels.astype(np.uint32)
+        with ws.suspended():
+            ws.clear_prompts()
+        self.session.reset_editor()
+        ws.set_labels_plane(z, plane, user_edit=False)
+        ws.labels.selected_label = 1 if mode == "semantic" else int(plane.max(initial=0)) + 1
+
+    def segment_all(self):
+        """Auto-segment every slice of a stack (a 2D image: the image); instance ids unique over the stack."""
+        ws = self.workspace()
+        if ws is None or not require_model(self.session):
+            return None
+        if not ws.is_stack:
+            return self.segment_current()
+        try:
+            ws.check_labels()
+        except SamspError as exc:
+            self.session.messages.exception(exc)
+            return None
+        mode = self.mode.currentText()
+        predictor = self.session.predictor
+        kwargs = self._kwargs()
+        n = ws.num_planes
+
+        def work(ctx):
+            from ..autoseg import SegmentationCancelled, segment_image
+
+            t0 = time.perf_counter()
+            out = np.zeros(ws.spatial, np.uint32)
+            offset = 0
+            for z in range(n):
+                if ctx.cancelled():
+                    raise SegmentationCancelled(f"auto-segmentation cancelled after {z} of {n} slices; labels unchanged")
+                lab = segment_image(predictor, ws.model_plane(z), mode=mode, **kwargs).labels.astype(np.uint32)
+                if mode == "instance" and lab.any():
+                    lab[lab > 0] += offset
+                    offset = int(lab.max())
+                out[z] = lab
+                ctx.report(z + 1, n)
+            return out, time.perf_counter() - t0
+
+        def done(result):
+            out, seconds = result
+            try:
+                old = ws.labels.data
+                ws.check_labels()
+            except SamspError as exc:
+                self.session.messages.exception(exc)
+                return
+            self.session.history.push(ws.key, None, np.asarray(old))
+            with ws.suspended():
+                ws.clear_prompts()
+            self.session.reset_editor()
+            self.session.embedded = None
+            ws.set_labels(out)
+            ws.labels.selected_label = 1 if mode == "semantic" else int(out.max(initial=0)) + 1
+            self.session.messages.status(f"auto-segmented {n} slices of '{ws.name}' in {seconds:.1f} s (undo: Shift+U)")
+
+        return self.session.tasks.start("model", f"auto-segmenting {n} slices of '{ws.name}'", work, on_done=done, total=n)
+
+    def embed_all(self):
+        """Compute (and cache) the embedding of every slice."""
+        ws = self.workspace()
+        if ws is None or not require_model(self.session):
+            return None
+        predictor = self.session.predictor
+        n = ws.num_planes
+        zs = list(range(n)) if ws.is_stack else [None]
+
+        def work(ctx):
+            hits = 0
+            for i, z in enumerate(zs):
+                if ctx.cancelled():
+                    break
+                predictor.set_image(ws.model_plane(z))
+                hits += int(predictor.last_embed_was_cached)
+                ctx.report(i + 1, len(zs))
+            return zs[i], hits
+
+        def done(result):
+            last, hits = result
+            if self.session.predictor is predictor:
+                self.session.embedded = (ws.key, last)
+            self.session.messages.status(f"embeddings ready for {len(zs)} plane(s) ({hits} from the cache)")
+
+        return self.session.tasks.start("model", f"embedding {len(zs)} plane(s) of '{ws.name}'", work, on_done=done, total=len(zs))
+

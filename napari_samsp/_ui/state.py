@@ -1,0 +1,160 @@
+"""Per-widget session state (deliberately not a module-level singleton).
+
+One :class:`Session` per annotator widget holds the loaded model and its predictor,
+the project folder with its annotation store and model versions, the current
+:class:`~napari_samsp._ui.workspace.Workspace` (image + companion layers), the
+object being edited, the undo history and the work queue.
+
+Project folder layout::
+
+    <project>/store/     the annotation store (a training folder in the data layout)
+    <project>/models/    fine-tuned model versions
+    <project>/cache/     image embeddings
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from psygnal import Signal
+
+from ..interactive import LabelsHistory
+from .notify import Messenger
+
+DEFAULT_PROJECT = Path.home() / "napari-samsp-project"
+
+
+def default_project() -> Path:
+    """``$SAMSP_PROJECT`` or ``~/napari-samsp-project``."""
+    env = os.environ.get("SAMSP_PROJECT")
+    return Path(env).expanduser() if env else DEFAULT_PROJECT
+
+
+def versions_class():
+    """``napari_samsp.finetune.versions.ModelVersions``, or None while that module does not exist."""
+    try:
+        from ..finetune.versions import ModelVersions
+    except Exception:
+        return None
+    return ModelVersions
+
+
+class Session:
+    """State shared by the panels of one widget."""
+
+    model_changed = Signal(object)  # LoadedModel | None
+    project_changed = Signal(object)  # Path
+    store_changed = Signal()
+    workspace_changed = Signal(object)  # Workspace | None
+
+    def __init__(self, viewer, project: str | Path | None = None) -> None:
+        self.viewer = viewer
+        self.messages = Messenger()
+        self.project = Path(project).expanduser() if project else default_project()
+        self.device = "auto"
+        self.base_target: tuple | None = None  # (name_or_path, trust) of the user's base model
+        self.loaded = None  # LoadedModel
+        self.predictor = None  # Predictor
+        self.embedded: tuple[int, int | None] | None = None  # (workspace key, z) whose features the predictor holds
+        self.workspace = None  # Workspace
+        self.editor = None  # interactive.ObjectEditor
+        self.editor_key: tuple | None = None
+        self.history = LabelsHistory()
+        self.queue = None  # work_queue.WorkQueue
+        self.tasks = None  # TaskRunner, set by the widget (needs Qt)
+        self._store = None
+        self._versions = None
+
+    # -- project -------------------------------------------------------------------
+    def set_project(self, folder: str | Path) -> None:
+        path = Path(folder).expanduser()
+        if path.exists() and not path.is_dir():
+            from ..errors import DataLayoutError
+
+            raise DataLayoutError(f"project folder {path} is a file")
+        self.project = path
+        self._store = None
+        self._versions = None
+        self.project_changed.emit(path)
+        self.store_changed.emit()
+
+    @property
+    def store_dir(self) -> Path:
+        return self.project / "store"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.project / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.project / "cache"
+
+    @property
+    def store(self):
+        """The project's AnnotationStore (created on first use)."""
+        if self._store is None or self._store.root != self.store_dir:
+            from ..store import AnnotationStore
+
+            self._store = AnnotationStore(self.store_dir)
+        return self._store
+
+    def store_count(self) -> int:
+        """Corrected images in the store, without creating it."""
+        if not (self.store_dir / "manifest.jsonl").exists():
+            return 0
+        try:
+            return self.store.corrected_count()
+        except Exception:
+            return 0
+
+    @property
+    def versions(self):
+        """The project's ModelVersions, or None when fine-tuning is not installed."""
+        cls = versions_class()
+        if cls is None:
+            return None
+        if self._versions is None:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            self._versions = cls(self.models_dir)
+        return self._versions
+
+    # -- model ---------------------------------------------------------------------
+    def set_model(self, loaded, predictor) -> None:
+        self.loaded = loaded
+        self.predictor = predictor
+        self.embedded = None
+        self.reset_editor()
+        self.model_changed.emit(loaded)
+
+    @property
+    def model_id(self) -> str | None:
+        return None if self.loaded is None else self.loaded.model_id
+
+    @property
+    def default_mode(self) -> str:
+        card: dict[str, Any] = {} if self.loaded is None else (self.loaded.card or {})
+        return card.get("mode", "semantic") if card.get("mode") in ("semantic", "instance") else "semantic"
+
+    @property
+    def num_passes(self) -> int | None:
+        card = {} if self.loaded is None else (self.loaded.card or {})
+        n = card.get("num_passes")
+        return int(n) if n else None
+
+    # -- editing -------------------------------------------------------------------
+    def reset_editor(self) -> None:
+        self.editor = None
+        self.editor_key = None
+
+    def set_workspace(self, workspace) -> None:
+        if self.workspace is workspace:
+            return
+        if self.workspace is not None:
+            self.workspace.disconnect()
+        self.workspace = workspace
+        self.embedded = None
+        self.reset_editor()
+        self.workspace_changed.emit(workspace)

@@ -1,0 +1,283 @@
+"""Fine-tune panel: train on the project's annotation store in a worker (cancel, progress, live
+loss / validation-Dice curves), activate the result, re-segment; model versions with rollback."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .model_panel import load_into_session, version_weights
+from .plot import TrainingPlot
+
+
+class _Relay(QObject):
+    """Carries training callbacks from the worker thread to the GUI thread (queued Qt signals)."""
+
+    loss = Signal(int, object)
+    val = Signal(int, object)
+
+
+def _dice(metrics: dict | None) -> float | None:
+    if not metrics:
+        return None
+    value = metrics.get("dice")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class TrainPanel(QWidget):
+    """Fine-tuning and model versions."""
+
+    def __init__(self, session, resegment: Callable[[], object] | None = None, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.resegment = resegment
+        self.last_outcome = None
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Steps"))
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 100_000)
+        self.steps.setValue(300)
+        self.steps.setToolTip("Optimizer steps (batch of 4); ~300 adapt the small models in minutes on a CPU")
+        row.addWidget(self.steps)
+        self.start_button = QPushButton("Fine-tune")
+        self.start_button.setToolTip("Fine-tune the current model on the project's annotation store (in the background)")
+        self.start_button.clicked.connect(lambda: self.start_finetune())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop fine-tuning; the active model stays as it is")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(lambda: self.cancel())
+        row.addWidget(self.start_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        layout.addWidget(self.bar)
+        self.plot = TrainingPlot(self)
+        layout.addWidget(self.plot)
+        self.result = QLabel("")
+        self.result.setWordWrap(True)
+        layout.addWidget(self.result)
+
+        layout.addWidget(QLabel("Model versions of this project"))
+        self.versions_list = QListWidget()
+        self.versions_list.setMaximumHeight(90)
+        self.versions_list.setToolTip("Fine-tuned versions, oldest first; ● marks the active one")
+        layout.addWidget(self.versions_list)
+        vrow = QHBoxLayout()
+        self.use_button = QPushButton("Use selected")
+        self.use_button.setToolTip("Activate and load the selected version")
+        self.use_button.clicked.connect(lambda: self.activate_selected())
+        self.rollback_button = QPushButton("Roll back")
+        self.rollback_button.setToolTip("Go back to the version that was active before the current one")
+        self.rollback_button.clicked.connect(lambda: self.rollback())
+        vrow.addWidget(self.use_button)
+        vrow.addWidget(self.rollback_button)
+        layout.addLayout(vrow)
+
+        self._relay = _Relay()
+        self._relay.loss.connect(lambda step, d: self.plot.add_loss(step, d.get("total", float("nan"))))
+        self._relay.val.connect(self._on_val)
+        session.project_changed.connect(lambda p: self.refresh_versions())
+        session.model_changed.connect(lambda m: self.refresh_versions())
+        self.refresh_versions()
+
+    # -- fine-tuning -------------------------------------------------------------------------
+    def _on_val(self, step: int, metrics: dict) -> None:
+        dice = _dice(metrics)
+        if dice is not None:
+            self.plot.add_val(step, dice)
+            self.session.messages.status(f"fine-tuning: step {step}, validation Dice {dice:.3f}")
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.bar.setRange(0, max(1, total))
+        self.bar.setValue(done)
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.use_button.setEnabled(not running)
+        self.rollback_button.setEnabled(not running)
+
+    def start_finetune(self, steps: int | None = None):
+        """Start fine-tuning in a worker; returns the task or None (after telling the user why)."""
+        s = self.session
+        if steps is not None:
+            self.steps.setValue(int(steps))
+        if s.loaded is None:
+            s.messages.error("no model loaded: load the model to fine-tune first")
+            return None
+        versions = s.versions
+        if versions is None:
+            s.messages.error("fine-tuning is not available in this installation (napari_samsp.finetune missing)")
+            return None
+        if s.store_count() == 0:
+            s.messages.error(
+                f"the annotation store {s.store_dir} is empty: correct a few images and send them first"
+            )
+            return None
+        loaded = s.loaded
+        data_dir = s.store_dir
+        device = s.device
+        cache_dir = s.cache_dir
+        n_steps = int(self.steps.value())
+        relay = self._relay
+
+        def work(ctx):
+            from ..finetune.job import default_finetune_config, run_finetune
+            from ..finetune.loop import Callbacks
+            from ..models.checkpoints import load_model
+            from ..predictor import EmbeddingCache, Predictor
+
+            base = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+            callbacks = Callbacks(
+                progress=ctx.report,
+                on_loss=lambda step, d: relay.loss.emit(int(step), dict(d)),
+                on_val=lambda step, d: relay.val.emit(int(step), dict(d)),
+                should_cancel=ctx.cancelled,
+            )
+            outcome = run_finetune(base, [data_dir], versions, default_finetune_config(n_steps), callbacks)
+            new = load_model(str(version_weights(outcome.version.path)), device=device)
+            predictor = Predictor(new.model, new.model_id, EmbeddingCache(cache_dir, max_memory_entries=8))
+            return outcome, new, predictor
+
+        def done(result):
+            outcome, new, predictor = result
+            self._set_running(False)
+            self.last_outcome = outcome
+            before, after = _dice(outcome.before), _dice(outcome.after)
+            text = f"new version {outcome.version.path.stem} is active"
+            if before is not None and after is not None:
+                text = f"validation Dice {before:.3f} → {after:.3f}; " + text
+            self.result.setText(text)
+
+            def install():
+                s.set_model(new, predictor)
+                s.messages.info(f"fine-tuning done: {text}")
+                if self.resegment is not None and s.workspace is not None:
+                    self.resegment()
+
+            s.tasks.when_idle("model", install)
+
+        def failed(exc):
+            from ..finetune.loop import TrainingCancelled
+
+            self._set_running(False)
+            if isinstance(exc, TrainingCancelled):
+                s.messages.info("fine-tuning cancelled: the active model is unchanged")
+                self.result.setText("cancelled; the active model is unchanged")
+            else:
+                s.messages.exception(exc, "fine-tuning failed (the active model is unchanged)")
+                self.result.setText("failed; the active model is unchanged")
+            self.refresh_versions()
+
+        self.plot.clear()
+        self.result.setText("")
+        self.bar.setRange(0, n_steps)
+        self.bar.setValue(0)
+        task = s.tasks.start("train", f"fine-tuning {n_steps} steps on {s.store_count()} images", work,
+                             on_done=done, on_error=failed, total=n_steps)
+        if task is not None:
+            task.progress_listeners.append(self._on_progress)
+            self._set_running(True)
+        return task
+
+    def cancel(self) -> None:
+        self.session.tasks.cancel("train")
+
+    # -- versions ----------------------------------------------------------------------------
+    def refresh_versions(self) -> None:
+        self.versions_list.clear()
+        versions = self.session.versions if (self.session.models_dir / "versions").is_dir() else None
+        if versions is None:
+            item = QListWidgetItem("(no fine-tuned versions yet)")
+            item.setFlags(Qt.NoItemFlags)
+            self.versions_list.addItem(item)
+            return
+        try:
+            infos = versions.list()
+            active = versions.active()
+        except Exception as exc:
+            self.session.messages.exception(exc, "reading model versions")
+            return
+        if not infos:
+            item = QListWidgetItem("(no fine-tuned versions yet)")
+            item.setFlags(Qt.NoItemFlags)
+            self.versions_list.addItem(item)
+        for info in infos:
+            mark = "● " if active is not None and info.version == active.version else "   "
+            item = QListWidgetItem(mark + info.label)
+            item.setData(Qt.UserRole, info.version)
+            self.versions_list.addItem(item)
+
+    def activate(self, version: str | None):
+        """Activate ``version`` (None: the base model) and load it."""
+        s = self.session
+        versions = s.versions
+        if versions is None:
+            return None
+        if s.tasks.busy("model"):
+            s.messages.info(f"busy: {s.tasks.describe('model')}")
+            return None
+        try:
+            info = versions.activate(version)
+        except Exception as exc:
+            s.messages.exception(exc, "activating the version")
+            return None
+        return self._load_info(info)
+
+    def activate_selected(self):
+        item = self.versions_list.currentItem()
+        version = None if item is None else item.data(Qt.UserRole)
+        if not version:
+            self.session.messages.info("select a version in the list first")
+            return None
+        return self.activate(version)
+
+    def rollback(self):
+        """Re-activate the previously active version (or the base model) and load it."""
+        s = self.session
+        versions = s.versions
+        if versions is None:
+            return None
+        if s.tasks.busy("model"):
+            s.messages.info(f"busy: {s.tasks.describe('model')}")
+            return None
+        try:
+            info = versions.rollback()
+        except Exception as exc:
+            s.messages.exception(exc, "rollback")
+            return None
+        return self._load_info(info)
+
+    def _load_info(self, info):
+        s = self.session
+        if info is None:
+            target, trust = s.base_target if s.base_target is not None else (None, False)
+            label = "the base model"
+        else:
+            target, trust, label = str(version_weights(info.path)), False, f"version {info.path.stem}"
+        self.refresh_versions()
+        return load_into_session(s, target, s.device, trust, label, remember_base=False, on_loaded=lambda m: self._after_switch())
+
+    def _after_switch(self) -> None:
+        self.refresh_versions()
+        if self.resegment is not None and self.session.workspace is not None:
+            self.resegment()

@@ -1,0 +1,416 @@
+"""Interactive annotation logic behind the napari widget, without Qt or napari.
+
+* :class:`StackNormaliser`: one contrast stretch for a whole stack, so every slice
+  the model sees (and every cached embedding) matches what auto-segmentation used.
+* :func:`prompts_on_plane`: napari-style point/box prompts (row, col[, z]) of one
+  plane -> the predictor's (x, y) prompts.
+* :class:`ObjectEditor`: re-decodes one object from its prompts and the previous
+  low-res logits and paints it into a label plane without touching other objects.
+* :class:`LabelsHistory`: a small, memory-bounded undo stack of label planes.
+* :func:`propagate_object`: carries an object through a stack, slice by slice,
+  prompting each slice with the box and low-res logits of the previous one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputImageError, SamspError
+
+__all__ = [
+    "LabelsHistory",
+    "ObjectEditor",
+    "PropagationCancelled",
+    "PromptSet",
+    "StackNormaliser",
+    "mask_box",
+    "mask_to_logits",
+    "new_label_id",
+    "paint_mask",
+    "prompts_on_plane",
+    "propagate_object",
+    "spatial_shape",
+]
+
+# Logit magnitude given to a binary mask used as a dense prompt (SAM's logits are O(10)).
+MASK_LOGIT = 8.0
+
+
+class PropagationCancelled(SamspError):
+    """Raised when the cancel callback of :func:`propagate_object` asks to stop."""
+
+
+# --------------------------------------------------------------------------- images
+
+
+def spatial_shape(shape: Sequence[int], rgb: bool) -> tuple[int, ...]:
+    """The spatial part of an image shape (without a trailing colour axis).
+
+    Raises:
+        InputImageError: zero-sized, or not 2D / 3D (a 5D image, a 1D signal).
+    """
+    shape = tuple(int(s) for s in shape)
+    spatial = shape[:-1] if rgb else shape
+    if any(s == 0 for s in shape) or not shape:
+        raise InputImageError(f"the image has zero size (shape {shape})")
+    if len(spatial) not in (2, 3):
+        raise InputImageError(
+            f"expected a 2D image or a 3D stack, got {len(spatial)} spatial dimensions (shape {shape}); "
+            "reduce it to 2D/3D first (e.g. pick one channel or time point)"
+        )
+    return spatial
+
+
+class StackNormaliser:
+    """uint8 planes for the model, stretched with percentiles of the whole image or stack.
+
+    uint8 data passes through unchanged. Other dtypes are stretched between the
+    0.5th and 99.5th percentile of all pixels (like :func:`napari_samsp.transforms.to_rgb_uint8`
+    does for one plane), so slices of a stack share one contrast and a slice
+    embedded for clicking is the very slice auto-segmentation saw.
+
+    Args:
+        data: (H, W[, C]) or (Z, H, W[, C]) array (numpy or array-like).
+        rgb: whether the last axis is colour (napari's ``layer.rgb``).
+    """
+
+    def __init__(self, data, rgb: bool = False) -> None:
+        arr = np.asarray(data)
+        self.rgb = bool(rgb)
+        self.spatial = spatial_shape(arr.shape, self.rgb)
+        self.is_stack = len(self.spatial) == 3
+        self._data = arr
+        self.lo = self.hi = None
+        if arr.dtype != np.uint8:
+            if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating) or arr.dtype == bool):
+                raise InputImageError(f"unsupported image dtype {arr.dtype}")
+            sample = arr.astype(np.float32, copy=False)
+            if sample.size > 4_000_000:  # percentiles of a strided sample are plenty for a stretch
+                step = int(np.ceil(sample.size / 4_000_000))
+                sample = sample.reshape(-1)[::step]
+            if not np.isfinite(sample).all():
+                raise InputImageError("the image contains NaN or infinite values")
+            lo, hi = np.percentile(sample, (0.5, 99.5))
+            if hi <= lo:
+                lo, hi = float(sample.min()), float(sample.max())
+            self.lo, self.hi = float(lo), float(hi)
+
+    @property
+    def num_planes(self) -> int:
+        return self.spatial[0] if self.is_stack else 1
+
+    def raw_plane(self, z: int | None = None) -> np.ndarray:
+        """The plane as stored (any dtype): what goes to the annotation store."""
+        if not self.is_stack:
+            return np.asarray(self._data)
+        if z is None or not 0 <= z < self.spatial[0]:
+            raise InputImageError(f"slice {z} is outside the stack of {self.spatial[0]} slices")
+        return np.asarray(self._data[z])
+
+    def plane(self, z: int | None = None) -> np.ndarray:
+        """The plane as the model sees it: uint8, (H, W) or (H, W, C)."""
+        raw = self.raw_plane(z)
+        if raw.dtype == np.uint8:
+            return raw
+        if self.lo is None or self.hi is None or self.hi <= self.lo:
+            return np.zeros(raw.shape, np.uint8)
+        x = (raw.astype(np.float32) - self.lo) * (255.0 / (self.hi - self.lo))
+        return np.clip(x, 0, 255).round().astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class PromptSet:
+    """Prompts of one object on one plane, on the original pixel grid, (x, y) order."""
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    box: np.ndarray | None = None
+
+    @property
+    def empty(self) -> bool:
+        return len(self.points) == 0 and self.box is None
+
+    @property
+    def first_positive(self) -> tuple[int, int] | None:
+        """(row, col) of the first positive point, if any."""
+        pos = np.flatnonzero(self.labels == 1)
+        if not len(pos):
+            return None
+        x, y = self.points[pos[0]]
+        return int(round(float(y))), int(round(float(x)))
+
+
+def prompts_on_plane(
+    points: np.ndarray | None,
+    positive: np.ndarray | None,
+    boxes: Sequence[np.ndarray] = (),
+    z: int | None = None,
+) -> PromptSet:
+    """napari prompts -> a :class:`PromptSet` for one plane.
+
+    Args:
+        points: (N, 2) row, col or (N, 3) z, row, col in the image's data coordinates.
+        positive: (N,) bool, True for foreground points (default all True).
+        boxes: shapes as (V, 2|3) vertex arrays; the last one on the plane is the box
+            (its bounding rectangle).
+        z: the plane of a stack (points and boxes of other planes are ignored).
+    """
+    pts = np.zeros((0, 2), np.float32) if points is None or np.size(points) == 0 else np.asarray(points, np.float32)
+    if pts.ndim != 2 or pts.shape[-1] not in (2, 3):
+        raise ValueError(f"points must be (N, 2) or (N, 3), got shape {pts.shape}")
+    pos = np.ones(len(pts), bool) if positive is None or len(pts) == 0 else np.asarray(positive, bool).reshape(-1)
+    if len(pos) != len(pts):
+        raise ValueError(f"{len(pts)} points but {len(pos)} signs")
+    if pts.shape[-1] == 3:
+        keep = np.ones(len(pts), bool) if z is None else np.round(pts[:, 0]) == z
+        pts, pos = pts[keep, 1:], pos[keep]
+    box = None
+    for verts in boxes:
+        v = np.asarray(verts, np.float32)
+        if v.ndim != 2 or len(v) == 0:
+            continue
+        if v.shape[-1] == 3:
+            if z is not None and not np.all(np.round(v[:, 0]) == z):
+                continue
+            v = v[:, 1:]
+        r0, c0 = v.min(axis=0)
+        r1, c1 = v.max(axis=0)
+        if r1 - r0 >= 1 and c1 - c0 >= 1:
+            box = np.array([c0, r0, c1, r1], np.float32)
+    xy = pts[:, ::-1].copy() if len(pts) else np.zeros((0, 2), np.float32)
+    return PromptSet(xy.astype(np.float32), pos.astype(np.int64), box)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def new_label_id(labels: np.ndarray) -> int:
+    """The next free label id (max + 1)."""
+    return int(np.asarray(labels).max(initial=0)) + 1
+
+
+def mask_box(mask: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
+    """(x0, y0, x1, y1) around a mask, grown by ``margin`` pixels and clipped; None when empty."""
+    m = np.asarray(mask, bool)
+    rows = np.flatnonzero(m.any(axis=1))
+    if not len(rows):
+        return None
+    cols = np.flatnonzero(m.any(axis=0))
+    h, w = m.shape
+    return np.array(
+        [max(0.0, cols[0] - margin), max(0.0, rows[0] - margin), min(w - 1.0, cols[-1] + margin), min(h - 1.0, rows[-1] + margin)],
+        np.float32,
+    )
+
+
+def mask_to_logits(predictor, mask: np.ndarray) -> np.ndarray:
+    """A binary mask on the predictor's current image -> (1, L, L) dense-prompt logits (+-MASK_LOGIT)."""
+    low = predictor.transform.mask_to_low_res(np.asarray(mask, bool), predictor.low_res_size)
+    return ((low[0].numpy() * 2.0 - 1.0) * MASK_LOGIT).astype(np.float32)
+
+
+def paint_mask(
+    plane: np.ndarray, mask: np.ndarray, label_id: int, clear: np.ndarray | None = None, preserve: bool = True
+) -> np.ndarray:
+    """A copy of ``plane`` with ``mask`` painted as ``label_id``.
+
+    ``clear`` pixels (the object's previous extent) are reset to 0 first; with
+    ``preserve`` other objects are never overwritten.
+    """
+    out = np.array(plane, copy=True)
+    if mask.shape != out.shape:
+        raise InputImageError(f"mask is {mask.shape}, labels are {out.shape}")
+    if clear is not None:
+        out[clear & (out == label_id)] = 0
+    target = mask & ((out == 0) | (out == label_id)) if preserve else mask
+    out[target] = label_id
+    return out
+
+
+class ObjectEditor:
+    """One object being segmented by prompts on one plane.
+
+    The plane as it was when the first prompt came is kept as ``base``. If the first
+    positive point lands on an existing region of ``label_id``, that connected region
+    is the object being corrected: it seeds the decoder (as a dense prompt) and is
+    replaced by the decoded mask. Otherwise the decoded mask is added on background.
+    Every :meth:`update` decodes from the predictor's cached embedding with the
+    previous low-res logits, so a click costs one decoder run.
+
+    Args:
+        predictor: a :class:`~napari_samsp.predictor.Predictor` with this plane's image set.
+        plane: the current (H, W) labels of the plane.
+        label_id: the id to paint.
+        preserve: never overwrite other objects.
+    """
+
+    def __init__(self, predictor, plane: np.ndarray, label_id: int, preserve: bool = True) -> None:
+        if tuple(predictor.original_size) != tuple(plane.shape):
+            raise InputImageError(f"labels plane is {plane.shape}, the image is {tuple(predictor.original_size)}")
+        self.predictor = predictor
+        self.base = np.array(plane, copy=True)
+        self.label_id = int(label_id)
+        self.preserve = preserve
+        self.target: np.ndarray | None = None
+        self._target_decided = False
+        self.logits: np.ndarray | None = None
+        self.mask: np.ndarray | None = None
+        self.score: float | None = None
+        self.painted: np.ndarray = self.base
+
+    def _decide_target(self, prompts: PromptSet) -> None:
+        if self._target_decided:
+            return
+        first = prompts.first_positive
+        if first is None:
+            return
+        self._target_decided = True
+        r, c = first
+        h, w = self.base.shape
+        if not (0 <= r < h and 0 <= c < w) or self.base[r, c] != self.label_id:
+            return
+        comp, _ = ndimage.label(self.base == self.label_id)
+        self.target = comp == comp[r, c]
+        self.logits = mask_to_logits(self.predictor, self.target)
+
+    def update(self, prompts: PromptSet, restart: bool = False) -> np.ndarray:
+        """Decode the object from ``prompts`` and return the painted plane.
+
+        Args:
+            restart: forget the previous logits (after a prompt was removed or moved).
+        """
+        if prompts.empty:
+            self.mask, self.logits = None, None
+            self.painted = self.base.copy()
+            return self.painted
+        self._decide_target(prompts)
+        if restart:
+            self.logits = None if self.target is None else mask_to_logits(self.predictor, self.target)
+        n_points = len(prompts.points)
+        multimask = self.logits is None and prompts.box is None and n_points == 1
+        pred = self.predictor.predict(
+            point_coords=prompts.points if n_points else None,
+            point_labels=prompts.labels if n_points else None,
+            box=prompts.box,
+            mask_input=self.logits,
+            multimask_output=multimask,
+        )
+        best = pred.best_index
+        self.mask = pred.masks[best]
+        self.logits = pred.logits[best : best + 1]
+        self.score = float(pred.scores[best])
+        self.painted = paint_mask(self.base, self.mask, self.label_id, clear=self.target, preserve=self.preserve)
+        return self.painted
+
+
+# --------------------------------------------------------------------------- undo
+
+
+class LabelsHistory:
+    """Undo stack of label snapshots: ``(plane index or None for the whole array, copy)``.
+
+    Bounded by entry count and by bytes, oldest dropped first.
+    """
+
+    def __init__(self, max_entries: int = 20, max_bytes: int = 512 * 2**20) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._items: deque[tuple[object, int | None, np.ndarray]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for _, _, a in self._items)
+
+    def push(self, owner: object, index: int | None, array: np.ndarray) -> None:
+        """Remember ``array`` (copied): a plane of a stack (``index``) or the whole array (None)."""
+        self._items.append((owner, index, np.array(array, copy=True)))
+        while len(self._items) > self.max_entries or (len(self._items) > 1 and self.nbytes > self.max_bytes):
+            self._items.popleft()
+
+    def pop(self) -> tuple[object, int | None, np.ndarray] | None:
+        return self._items.pop() if self._items else None
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+# --------------------------------------------------------------------------- 3D
+
+
+def propagate_object(
+    predictor,
+    planes: Callable[[int], np.ndarray],
+    num_planes: int,
+    labels: np.ndarray,
+    z0: int,
+    label_id: int,
+    start_logits: np.ndarray | None = None,
+    max_slices: int | None = None,
+    min_area: int = 4,
+    max_growth: float = 4.0,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> dict[int, np.ndarray]:
+    """Carry object ``label_id`` of slice ``z0`` to the neighbouring slices, both ways.
+
+    Each next slice is prompted with the box of the current mask (grown by 10 %)
+    and the current low-res logits as the dense prompt. A direction stops at the
+    stack end, after ``max_slices``, or when the mask vanishes (< ``min_area`` px)
+    or jumps in size by more than ``max_growth`` x (it leaked into something else).
+
+    Args:
+        predictor: a Predictor; its image is changed (the last slice visited stays set).
+        planes: ``planes(z)`` -> the uint8 plane the model sees.
+        labels: (Z, H, W) labels (read only).
+        start_logits: (1, L, L) logits of the object on ``z0`` (else made from its mask).
+
+    Returns:
+        {z: (H, W) bool mask} for every slice reached (``z0`` excluded).
+    """
+    mask0 = np.asarray(labels[z0]) == label_id
+    if not mask0.any():
+        raise InputImageError(f"label {label_id} is not on slice {z0}: nothing to propagate")
+    limit = num_planes if max_slices is None else int(max_slices)
+    todo = [d for d in (1, -1) if 0 <= z0 + d < num_planes]
+    total = sum(min(limit, (num_planes - 1 - z0) if d > 0 else z0) for d in todo)
+    done = 0
+    out: dict[int, np.ndarray] = {}
+    for d in todo:
+        mask, logits = mask0, start_logits
+        if logits is None:
+            predictor.set_image(planes(z0))
+            logits = mask_to_logits(predictor, mask0)
+        z, steps = z0 + d, 0
+        while 0 <= z < num_planes and steps < limit:
+            if cancel is not None and cancel():
+                raise PropagationCancelled("propagation cancelled")
+            predictor.set_image(planes(z))
+            area = int(mask.sum())
+            box = mask_box(mask, margin=max(2.0, 0.1 * float(np.sqrt(area))))
+            pred = predictor.predict(box=box, mask_input=logits, multimask_output=False)
+            new = pred.masks[0]
+            steps += 1
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            n = int(new.sum())
+            if n < min_area or n > max_growth * area or n * max_growth < area:
+                break
+            out[z] = new
+            mask, logits = new, pred.logits[:1]
+            z += d
+    if progress is not None and done < total:
+        progress(total, total)
+    return out
+

@@ -1,0 +1,105 @@
+"""The "next image" queue of the annotation loop (no Qt, no napari).
+
+The order is decided by one small function, :func:`order_images`: plain sorted
+order, or, when ``napari_samsp.reward.rank_images`` exists and a predictor is
+given, lowest expected Dice first (annotate what the model is worst at first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import DataLayoutError
+from .io import find_images
+
+__all__ = ["WorkQueue", "order_images", "ranking_available"]
+
+OrderFn = Callable[..., list[Path]]
+
+
+def ranking_available() -> bool:
+    """Whether the self-reward ranking (``napari_samsp.reward.rank_images``) is installed."""
+    try:
+        from .reward import rank_images  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def order_images(paths: Sequence[Path], predictor=None, **rank_kwargs) -> list[Path]:
+    """The order to annotate ``paths`` in: the one place to change it.
+
+    With a predictor and the reward module: ``reward.rank_images`` order (lowest
+    expected Dice first, near-duplicates pushed down; ``rank_kwargs`` such as
+    ``store``, ``num_passes``, ``mode``, ``progress`` are passed on). Otherwise:
+    sorted by path.
+    """
+    plain = sorted(Path(p) for p in paths)
+    if predictor is None or not plain or not ranking_available():
+        return plain
+    from .reward import rank_images
+
+    rows = rank_images(predictor, [str(p) for p in plain], **rank_kwargs)
+    order: list[Path] = []
+    for row in rows:
+        idx = row.get("index") if isinstance(row, dict) else None
+        if isinstance(idx, int) and 0 <= idx < len(plain) and plain[idx] not in order:
+            order.append(plain[idx])
+    return order + [p for p in plain if p not in order]
+
+
+class WorkQueue:
+    """Images to annotate, in order, with a cursor and the set already sent.
+
+    Args:
+        paths: image files (or use :meth:`from_folder`).
+        order: ordering function ``order(paths, predictor) -> paths``.
+    """
+
+    def __init__(self, paths: Sequence[Path], order: OrderFn = order_images, predictor=None, **rank_kwargs) -> None:
+        self.items: list[Path] = list(order([Path(p) for p in paths], predictor, **rank_kwargs))
+        self.index = -1
+        self.sent: set[Path] = set()
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, order: OrderFn = order_images, predictor=None, **rank_kwargs) -> "WorkQueue":
+        """Every image in ``folder`` (or its ``images/`` subfolder when it follows the data layout)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DataLayoutError(f"not a folder: {folder}")
+        source = folder / "images" if (folder / "images").is_dir() else folder
+        paths = find_images([source])
+        if not paths:
+            raise DataLayoutError(f"no images (.png, .jpg, .tif) in {source}")
+        return cls(paths, order, predictor, **rank_kwargs)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def current(self) -> Path | None:
+        return self.items[self.index] if 0 <= self.index < len(self.items) else None
+
+    @property
+    def remaining(self) -> int:
+        return sum(1 for p in self.items[self.index + 1 :] if p not in self.sent)
+
+    def next(self) -> Path | None:
+        """Advance to the next image not sent yet; None at the end (the cursor stays put)."""
+        for i in range(self.index + 1, len(self.items)):
+            if self.items[i] not in self.sent:
+                self.index = i
+                return self.items[i]
+        return None
+
+    def mark_sent(self, path: Path | None = None) -> None:
+        target = path or self.current
+        if target is not None:
+            self.sent.add(Path(target))
+
+    def reorder(self, order: OrderFn = order_images, predictor=None, **rank_kwargs) -> None:
+        """Re-rank the images not visited yet (the visited ones keep their places)."""
+        head = self.items[: self.index + 1]
+        tail = order(self.items[self.index + 1 :], predictor, **rank_kwargs)
+        self.items = head + list(tail)

@@ -1,0 +1,297 @@
+"""GUI tests of the SAM-SP annotator widget: every action through the widget's public methods,
+on the random micro model, under Xvfb (pytest-xvfb) with napari's ``make_napari_viewer``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+# Imported before any viewer exists: loads torchvision (and triton) before OpenGL (see _ui/compat.py).
+from napari_samsp._widget import SHORTCUTS, SamspWidget  # noqa: E402
+from napari_samsp.sample_data_gen import synthetic_nuclei, synthetic_nuclei_stack  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+TIMEOUT = 30_000
+
+
+@pytest.fixture
+def annotator(make_napari_viewer, qtbot, tmp_path):
+    """A viewer with the widget docked, the micro model loaded, project in tmp_path."""
+    viewer = make_napari_viewer()
+    widget = SamspWidget(viewer, project=tmp_path / "project")
+    viewer.window.add_dock_widget(widget, name="SAM-SP")
+    assert widget.load_model("micro") is not None
+    wait(qtbot, widget)
+    assert widget.session.loaded is not None and widget.session.loaded.is_random
+    return viewer, widget
+
+
+def wait(qtbot, widget, slot=None, timeout=TIMEOUT):
+    qtbot.waitUntil(lambda: widget.is_idle(slot), timeout=timeout)
+
+
+def last_error(widget) -> str | None:
+    return widget.session.messages.last("error")
+
+
+def test_2d_loop_segment_prompt_undo_send_export(annotator, qtbot, tmp_path):
+    viewer, w = annotator
+    # The model card warns about random weights.
+    assert "Random weights" in w.model_panel.card.text()
+    image, gt = synthetic_nuclei((96, 96), n=8, seed=1)  # 16-bit
+    layer = viewer.add_image(image, name="nuclei")
+    ws = w.use_layer(layer)
+    assert ws is not None and {"nuclei labels", "nuclei prompts", "nuclei boxes"} <= {lay.name for lay in viewer.layers}
+
+    # Auto-segment (instance mode) in a worker.
+    w.segment_panel.mode.setCurrentText("instance")
+    assert w.segment() is not None
+    wait(qtbot, w)
+    labels = viewer.layers["nuclei labels"]
+    assert labels.data.shape == (96, 96)
+    assert w.session.embedded == (ws.key, None)
+    auto = labels.data.copy()
+
+    # A new object from a positive click: decoded from the cached embedding at once.
+    new_id = int(labels.selected_label)
+    w.add_point(40, 50, positive=True)
+    assert w.is_idle()
+    assert (labels.data == new_id).any() or not np.array_equal(labels.data, auto)
+    assert w.correct_panel.last_decode_s is not None
+    assert ws.points.features["sign"].tolist() == ["positive"]
+    # T toggles the sign of the next point; the negative point re-decodes with the previous logits.
+    viewer.keymap[_key("T")](viewer)
+    assert not w.correct_panel.sign_button.isChecked()
+    w.session.workspace.add_point(45, 55)
+    assert ws.points.features["sign"].tolist() == ["positive", "negative"]
+    np.testing.assert_allclose(ws.points.face_color[1], [1.0, 0.2, 0.25, 1.0], atol=1e-6)
+    # A box prompt also re-decodes.
+    ws.shapes.add_rectangles(np.array([[30, 40], [60, 70]]))
+    assert w.session.editor is not None and w.session.editor.mask is not None
+
+    # Commit gives a new id; undo goes back to the labels before the object.
+    w.commit_object()
+    assert len(ws.points.data) == 0 and ws.shapes.nshapes == 0
+    assert int(labels.selected_label) == int(labels.data.max()) + 1
+    assert w.undo()
+    np.testing.assert_array_equal(labels.data, auto)
+
+    # Send corrections: the store holds the original 16-bit pixels and the labels.
+    labels.data[10:20, 10:20] = 7
+    labels.refresh()
+    entries = w.send_corrections()
+    assert entries and len(entries) == 1
+    store = w.session.store
+    img, lab = store.load(entries[0].stem)
+    np.testing.assert_array_equal(img, image)
+    assert img.dtype == np.uint16 and (lab == 7).sum() >= 100
+    assert "1 corrected image" in w.correct_panel.counter.text()
+
+    # Export through the widget: TIFF, PNG and COCO.
+    out = tmp_path / "export"
+    for name in ("nuclei.tif", "nuclei.png", "nuclei.json"):
+        written = w.export_labels(out / name)
+        assert written and all(p.is_file() for p in written)
+    coco = json.loads((out / "nuclei.json").read_text())
+    assert coco["images"][0]["width"] == 96 and len(coco["annotations"]) == len(np.unique(labels.data)) - 1
+
+    # Closing the viewer loses nothing already sent.
+    viewer.close()
+    from napari_samsp.store import AnnotationStore
+
+    reopened = AnnotationStore(tmp_path / "project" / "store", create=False)
+    assert len(reopened) == 1 and reopened.verify() == []
+
+
+def _key(name: str):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    return coerce_keybinding(name)
+
+
+def test_rgb_and_stack_propagation(annotator, qtbot):
+    viewer, w = annotator
+    # RGB uint8 image: auto-segment works on the colour image.
+    rgb = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
+    w.use_layer(viewer.add_image(rgb, name="rgb", rgb=True))
+    w.segment()
+    wait(qtbot, w)
+    assert viewer.layers["rgb labels"].data.shape == (64, 80)
+    assert last_error(w) is None
+
+    # 3D stack: all slices, then an object propagated from the middle slice.
+    stack, _ = synthetic_nuclei_stack((6, 64, 64), n=5, seed=2)
+    layer = viewer.add_image(stack, name="stack")
+    ws = w.use_layer(layer)
+    assert ws.is_stack
+    w.segment_all()
+    wait(qtbot, w)
+    labels = viewer.layers["stack labels"]
+    assert labels.data.shape == (6, 64, 64)
+    viewer.dims.set_point(0, 3)
+    assert ws.current_z() == 3
+    labels.data[:] = 0
+    labels.data[3, 20:40, 20:40] = 5  # the object to carry over
+    labels.refresh()
+    labels.selected_label = 5
+    assert w.propagate() is not None
+    wait(qtbot, w)
+    assert last_error(w) is None, last_error(w)
+    touched = [z for z in range(6) if (labels.data[z] == 5).any()]
+    assert 3 in touched
+    # Prompts on a slice only use that slice; send every annotated slice.
+    w.add_point(30, 30)
+    wait(qtbot, w)
+    assert ws.points.data[-1][0] == 3
+    entries = w.send_corrections(all_slices=True)
+    assert entries and {e.slice_index for e in entries} == set(touched) | {
+        z for z in range(6) if labels.data[z].any()
+    }
+    # Undo restores the stack before the propagation step (history per action).
+    assert w.undo()
+
+
+def test_bad_input_is_reported_not_raised(annotator, qtbot, tmp_path):
+    viewer, w = annotator
+    # A non-image layer.
+    pts = viewer.add_points(np.zeros((1, 2)), name="not an image")
+    assert w.use_layer(pts) is None
+    assert "not an Image layer" in last_error(w)
+    # A 5D image.
+    five = viewer.add_image(np.zeros((2, 2, 3, 16, 16), np.uint8), name="five-d")
+    assert w.use_layer(five) is None
+    assert "2D image or a 3D stack" in last_error(w)
+    # A weights file of another architecture: WeightsError, the micro model stays loaded.
+    import torch
+
+    bad = tmp_path / "other.pth"
+    torch.save({"backbone.conv.weight": torch.zeros(4, 3, 3, 3)}, bad)
+    before = w.session.loaded
+    w.load_model(str(bad))
+    wait(qtbot, w)
+    assert "could not load" in last_error(w) and "previous model stays loaded" in last_error(w)
+    assert w.session.loaded is before
+    # Fine-tuning with an empty store.
+    assert w.start_finetune(steps=2) is None
+    assert "store" in last_error(w) and "empty" in last_error(w)
+    # Sending an empty mask.
+    image, _ = synthetic_nuclei((64, 64), n=4, seed=3)
+    ws = w.use_layer(viewer.add_image(image, name="img"))
+    assert w.send_corrections() is None
+    assert "empty" in last_error(w)
+    # A labels layer edited into another shape: every action refuses, nothing changes.
+    ws.labels.data = np.zeros((10, 10), np.uint32)
+    for action in (w.send_corrections, w.segment):
+        assert action() is None
+        assert "restore its shape" in last_error(w)
+    ws.add_point(5, 5)
+    assert "restore its shape" in last_error(w)
+    assert ws.labels.data.shape == (10, 10) and len(w.session.store) == 0
+    assert not any(level == "error" and "unexpected" in text for level, text in w.session.messages.history)
+
+
+def test_finetune_failure_cancel_and_success(annotator, qtbot, monkeypatch):
+    viewer, w = annotator
+    image, gt = synthetic_nuclei((64, 64), n=5, seed=4)
+    store = w.session.store
+    for k in range(3):
+        store.add(np.roll(image, 8 * k, axis=1), np.roll(gt, 8 * k, axis=1), source=f"img{k}")
+    w.session.store_changed.emit()
+    import napari_samsp.finetune.job as job
+    from napari_samsp.finetune.loop import TrainingCancelled, TrainingDiverged
+
+    versions = w.session.versions
+    model_before = w.session.loaded
+
+    # Fails mid-way: clean message, nothing activated, buttons usable again.
+    def diverging(base, data_dirs, versions, config=None, callbacks=None):
+        callbacks.progress(1, config.steps)
+        callbacks.on_loss(1, {"total": 1.0})
+        raise TrainingDiverged("loss was NaN/inf for 10 steps in a row at step 3; stopped")
+
+    monkeypatch.setattr(job, "run_finetune", diverging)
+    assert w.start_finetune(steps=5) is not None
+    wait(qtbot, w, "train")
+    assert "fine-tuning failed" in last_error(w) and "NaN" in last_error(w)
+    assert versions.active() is None and w.session.loaded is model_before
+    assert w.train_panel.start_button.isEnabled()
+
+    # Cancel while running.
+    def slow(base, data_dirs, versions, config=None, callbacks=None):
+        import time
+
+        for step in range(10_000):
+            if callbacks.should_cancel():
+                raise TrainingCancelled(f"cancelled at step {step}")
+            time.sleep(0.005)
+
+    monkeypatch.setattr(job, "run_finetune", slow)
+    assert w.start_finetune(steps=5) is not None
+    w.cancel_finetune()
+    wait(qtbot, w, "train")
+    assert "cancelled" in w.session.messages.last("info")
+    assert versions.active() is None and w.session.loaded is model_before
+
+    # The real thing: a few steps on the micro model; the new version becomes active.
+    monkeypatch.undo()
+    layer = viewer.add_image(image, name="work")
+    w.use_layer(layer)
+    seen = len(w.session.messages.history)
+    assert w.start_finetune(steps=2) is not None
+    wait(qtbot, w, "train", timeout=120_000)
+    wait(qtbot, w)
+    errors = [text for level, text in w.session.messages.history[seen:] if level == "error"]
+    assert not errors, errors
+    active = versions.active()
+    assert active is not None
+    assert w.session.loaded is not model_before and w.session.model_id == active.version
+    assert "→" in w.train_panel.result.text()
+    assert w.train_panel.plot.loss  # live loss curve got points
+    assert viewer.layers["work labels"].data.shape == (64, 64)  # re-segmented with the new model
+    # Roll back to the base model.
+    assert w.rollback() is not None
+    wait(qtbot, w)
+    assert versions.active() is None and w.session.loaded.is_random
+
+
+def test_queue_shortcuts_sample_data_reader_writer(annotator, qtbot, tmp_path):
+    viewer, w = annotator
+    from napari_samsp.io import write_png_atomic
+
+    folder = tmp_path / "queue"
+    for k in range(3):
+        image, _ = synthetic_nuclei((48, 48), n=3, seed=10 + k)
+        write_png_atomic(folder / f"im{k}.png", (image // 256).astype(np.uint8))
+    assert w.open_folder(folder, rank=False)
+    wait(qtbot, w)
+    first = w.queue_panel.queue_layer
+    assert first.name == "im0" and first.metadata["samsp_path"].endswith("im0.png")
+    assert viewer.layers["im0 labels"].data.shape == (48, 48)
+    viewer.layers["im0 labels"].data[5:15, 5:15] = 3
+    assert w.send_corrections()
+    assert w.next_image() is not None
+    wait(qtbot, w)
+    assert "im0" not in [lay.name for lay in viewer.layers]  # sent: its layers are retired
+    assert w.next_image() is not None
+    wait(qtbot, w)
+    assert w.next_image() is None
+    assert "queue finished" in w.session.messages.last("info")
+
+    # Every documented shortcut is bound on the viewer.
+    for key in SHORTCUTS:
+        assert _key(key) in viewer.keymap
+
+    # npe2 contributions: sample data, the folder reader, the labels writers.
+    viewer.open_sample("napari-samsp", "ultrasound")
+    assert "synthetic ultrasound" in viewer.layers
+    layers = viewer.open(str(folder), plugin="napari-samsp")
+    assert layers and layers[0].data.shape == (3, 48, 48)
+    saved = viewer.layers["im2 labels"].save(str(tmp_path / "w.json"), plugin="napari-samsp")
+    assert saved and json.loads(Path(saved[0]).read_text())["images"]
