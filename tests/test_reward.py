@@ -352,3 +352,18 @@ def test_self_improve_rejects_worse_round(tmp_path, micro_model, monkeypatch):
 def test_self_improve_needs_corrections(micro_model):
     with pytest.raises(DataLayoutError):
         self_improve(_micro_loaded(micro_model), [np.zeros((8, 8), np.uint8)], [])
+
+
+def test_lambda_selection_follows_the_informative_score():
+    from napari_samsp.reward.calibration import LAMBDA_GRID
+
+    rng = np.random.default_rng(2)
+    se = rng.uniform(0, 1, 80)
+    ev = rng.uniform(0, 1, 80)  # uninformative evidence
+    dice = np.clip(0.2 + 0.7 * se + rng.normal(0, 0.03, 80), 0, 1)
+    fixed = RewardCalibrator(RewardConfig(lam=0.9)).fit(se, ev, dice)
+    auto = RewardCalibrator(RewardConfig(lam=0.9)).fit(se, ev, dice, lam_grid=LAMBDA_GRID)
+    assert auto.config.lam == 0.0 and fixed.config.lam == 0.9
+    q_auto = calibration_quality(auto.expected_dice(se, ev), dice)
+    q_fixed = calibration_quality(fixed.expected_dice(se, ev), dice)
+    assert q_auto["spearman"] > q_fixed["spearman"] + 0.2

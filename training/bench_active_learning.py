@@ -323,9 +323,18 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-every", action="store_true", help="measure calibration after every round (else at the end)")
     ap.add_argument("--out", default=str(REPO / "runs" / "al"))
     ap.add_argument("--figures", default=str(REPO / "docs" / "figures"))
+    ap.add_argument("--analyse-only", action="store_true", help="recompute the summary, analysis and figures from OUT/results.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
+    if args.analyse_only:
+        results = json.loads((out / "results.json").read_text())
+        results["summary"] = summarise(results)
+        results["analysis"] = analyse(results)
+        write_json_atomic(out / "results.json", results)
+        log(json.dumps({"summary": results["summary"], "analysis": {k: v for k, v in results["analysis"].items() if k != "auto_lambda"}}, indent=1))
+        make_figures(results, Path(args.figures))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     base = pick_base(out)
@@ -355,6 +364,7 @@ def main(argv=None) -> int:
         write_json_atomic(out / "results.json", results)
     results["seconds"] = time.time() - t_start
     results["summary"] = summarise(results)
+    results["analysis"] = analyse(results)
     write_json_atomic(out / "results.json", results)
     log(json.dumps(results["summary"], indent=1))
     make_figures(results, Path(args.figures))
@@ -392,6 +402,31 @@ def summarise(results: dict) -> dict:
             for name in ("pseudo+pref", "pseudo only")
         }
     return summ
+
+
+def analyse(results: dict) -> dict:
+    """Post hoc, from the held-out rows: calibration quality vs lambda, 5-fold cross-validated on the held-out
+    images themselves (a representative calibration set, unlike the annotation-time one, which holds the
+    images the strategy picked as hardest), and with lambda chosen per fold."""
+    from napari_samsp.reward.calibration import LAMBDA_GRID, cross_validated_quality
+
+    rows = [row for r in results["runs"].get("reward", []) for c in r["calibration"] for row in c["rows"]]
+    if len(rows) < 10:
+        return {}
+    s = np.array([r["self"] for r in rows])
+    e = np.array([r["evidence"] for r in rows])
+    d = np.array([r["dice"] for r in rows])
+    out = {"n": len(rows), "lambda": {}}
+    for lam in LAMBDA_GRID:
+        q = cross_validated_quality(s, e, d, RewardConfig(lam=lam))
+        out["lambda"][str(lam)] = {"spearman": q["spearman"], "mae": q["mae"]}
+    q = cross_validated_quality(s, e, d, RewardConfig(lam=0.9), lam_grid=LAMBDA_GRID)
+    out["auto_lambda"] = {"spearman": q["spearman"], "mae": q["mae"], "bins": q["bins"]}
+    qp = calibration_quality(prior_expected_dice(s), d)
+    out["prior"] = {"spearman": qp["spearman"], "mae": qp["mae"]}
+    ann = [c["quality"] for r in results["runs"]["reward"] for c in r["calibration"]]
+    out["annotation_time"] = {"spearman": float(np.nanmean([q["spearman"] for q in ann])), "mae": float(np.mean([q["mae"] for q in ann]))}
+    return out
 
 
 def make_figures(results: dict, figdir: Path) -> None:
@@ -458,6 +493,20 @@ def make_figures(results: dict, figdir: Path) -> None:
         ax.set_title("Which reward terms predict the automatic mask's Dice (held-out)")
         fig.tight_layout()
         fig.savefig(figdir / "al_features.png", dpi=120)
+        plt.close(fig)
+    an = results.get("analysis") or {}
+    if an.get("lambda"):
+        lams = [float(x) for x in an["lambda"]]
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        ax.plot(lams, [v["spearman"] for v in an["lambda"].values()], marker="o", label="Spearman (5-fold CV)")
+        ax.plot(lams, [v["mae"] for v in an["lambda"].values()], marker="s", label="MAE (5-fold CV)")
+        ax.axhline(an["auto_lambda"]["spearman"], color="C0", ls=":", lw=1, label="Spearman, lambda chosen per fold")
+        ax.axhline(an["prior"]["spearman"], color="gray", ls="--", lw=1, label="Spearman of the uncalibrated prior")
+        ax.set_xlabel("lambda (weight of image evidence)")
+        ax.set_title(f"Calibration vs lambda, n={an['n']} held-out masks")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(figdir / "al_lambda.png", dpi=120)
         plt.close(fig)
 
 

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
+LAMBDA_GRID = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+
 __all__ = [
+    "LAMBDA_GRID",
     "IsotonicRegression",
     "RewardCalibrator",
     "RewardConfig",
@@ -168,7 +171,13 @@ class RewardCalibrator:
         r = self.absolute(self_score, evidence_score)
         return np.clip(np.interp(r, self.knots_x, self.knots_y), 0, 1)
 
-    def fit(self, self_scores, evidence_scores, dice) -> "RewardCalibrator":
+    def fit(self, self_scores, evidence_scores, dice, lam_grid=None) -> "RewardCalibrator":
+        """Fit the reference distributions and the isotonic map.
+
+        ``lam_grid`` (e.g. ``LAMBDA_GRID``): choose lambda from it by the Spearman correlation of the
+        absolute reward with the real Dice on these samples (ties: the one closest to ``config.lam``),
+        instead of CSR's fixed lambda. Useful where the image evidence does not fit the modality.
+        """
         s = np.asarray(self_scores, np.float64).ravel()
         e = np.asarray(evidence_scores, np.float64).ravel()
         d = np.asarray(dice, np.float64).ravel()
@@ -183,9 +192,18 @@ class RewardCalibrator:
             warnings.warn(self.message, stacklevel=2)
             return self
         self.ref_self, self.ref_evidence = np.sort(s), np.sort(e)
+        if lam_grid is not None and np.ptp(d) > 0:
+            best = None
+            for lam in lam_grid:
+                r = (1 - lam) * _cdf(self.ref_self, s) + lam * _cdf(self.ref_evidence, e)
+                rho = float(spearmanr(r, d).statistic) if np.ptp(r) > 0 else -1.0
+                key = (round(rho, 6), -abs(lam - self.config.lam))
+                if best is None or key > best[0]:
+                    best = (key, float(lam))
+            self.config = replace(self.config, lam=best[1])
         iso = IsotonicRegression().fit(self.absolute(s, e), d)
         self.knots_x, self.knots_y = iso.x_, iso.y_
-        self.message = f"calibrated on {s.size} corrected masks"
+        self.message = f"calibrated on {s.size} corrected masks (lambda {self.config.lam:g})"
         return self
 
     def to_dict(self) -> dict:
@@ -244,7 +262,8 @@ def calibration_quality(expected, true, bins: int = 10) -> dict:
     return out
 
 
-def cross_validated_quality(self_scores, evidence_scores, dice, config: RewardConfig | None = None, folds: int = 5, seed: int = 0) -> dict:
+def cross_validated_quality(self_scores, evidence_scores, dice, config: RewardConfig | None = None, folds: int = 5,
+                            seed: int = 0, lam_grid=None) -> dict:
     """:func:`calibration_quality` of calibrators fitted on the other folds (honest, unlike the training fit)."""
     s, e, d = (np.asarray(a, np.float64).ravel() for a in (self_scores, evidence_scores, dice))
     cfg = config or RewardConfig()
@@ -257,6 +276,6 @@ def cross_validated_quality(self_scores, evidence_scores, dice, config: RewardCo
         for f in range(k):
             test = order[f::k]
             train = np.setdiff1d(order, test)
-            cal = RewardCalibrator(cfg).fit(s[train], e[train], d[train])
+            cal = RewardCalibrator(cfg).fit(s[train], e[train], d[train], lam_grid)
             pred[test] = cal.expected_dice(s[test], e[test])
     return calibration_quality(pred, d)
