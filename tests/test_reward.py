@@ -367,3 +367,13 @@ def test_lambda_selection_follows_the_informative_score():
     q_auto = calibration_quality(auto.expected_dice(se, ev), dice)
     q_fixed = calibration_quality(fixed.expected_dice(se, ev), dice)
     assert q_auto["spearman"] > q_fixed["spearman"] + 0.2
+
+
+def test_store_with_enough_corrections_calibrates(tmp_path, micro_model):
+    store = _write_pairs(tmp_path / "store", 6)
+    p = Predictor(micro_model, "micro")
+    cal = fit_calibrator(p, store, select_lambda=True)
+    assert cal.calibrated and cal.samples.dice.shape == (6,)
+    assert cal.protos is not None and cal.protos.count == 6
+    rows = rank_images(p, [_disc(seed=9)[0], _disc(seed=10)[0]], calibrator=cal)
+    assert all(r["calibrated"] for r in rows)

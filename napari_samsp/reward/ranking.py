@@ -254,16 +254,20 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def fit_calibrator(
     predictor: Predictor, store, num_passes: int = 2, config: RewardConfig | None = None,
-    max_side: int | None = 512, split: str = "auto",
+    max_side: int | None = 512, split: str = "auto", select_lambda: bool = False,
 ) -> RewardCalibrator:
     """A :class:`RewardCalibrator` for the predictor's model from the corrected masks of ``store``.
 
     Fewer than ``config.min_samples`` corrected images: uncalibrated (prior), with a warning.
-    The result's ``samples`` attribute holds the :class:`StoreSamples` used.
+    The result's ``samples`` attribute holds the :class:`StoreSamples` used. ``select_lambda``: choose
+    lambda from ``calibration.LAMBDA_GRID`` on these samples instead of using ``config.lam``.
     """
+    from .calibration import LAMBDA_GRID
+
     cfg = config or RewardConfig()
     samples = collect_store_samples(predictor, store, num_passes, cfg, max_side, split)
-    cal = RewardCalibrator(cfg).fit(samples.self_scores, samples.evidence_scores, samples.dice)
+    cal = RewardCalibrator(cfg).fit(samples.self_scores, samples.evidence_scores, samples.dice,
+                                    LAMBDA_GRID if select_lambda else None)
     cal.protos = samples.protos if samples.protos.count else None
     cal.samples = samples  # type: ignore[attr-defined]
     return cal
@@ -315,6 +319,7 @@ def rank_images(
     max_side: int | None = 512,
     progress: Callable[[int, int], None] | None = None,
     keep_scores: bool = False,
+    select_lambda: bool = False,
 ) -> list[dict]:
     """Order unlabeled images for annotation: lowest expected Dice first, near-duplicates pushed down.
 
@@ -324,6 +329,7 @@ def rank_images(
             or a list); ignored when ``calibrator`` is given.
         diversity: cosine threshold of the duplicate guard; None or >= 1 disables it.
         keep_scores: put the :class:`ImageScore` under ``"score"`` in each row (not JSON-serialisable).
+        select_lambda: let the store's corrected masks choose lambda (see :func:`fit_calibrator`).
 
     Returns:
         One dict per image, annotate-first order: image, index, expected_dice, reward,
@@ -337,7 +343,8 @@ def rank_images(
         raise DataLayoutError("no images to rank")
     cal = calibrator
     if cal is None:
-        cal = fit_calibrator(predictor, store, num_passes, config, max_side) if store is not None else RewardCalibrator(config or RewardConfig())
+        cal = (fit_calibrator(predictor, store, num_passes, config, max_side, select_lambda=select_lambda)
+               if store is not None else RewardCalibrator(config or RewardConfig()))
     scores: list[ImageScore] = []
     for i, item in enumerate(items):
         scores.append(score_image(predictor, item, cal, num_passes, tta, max_side, mode))
