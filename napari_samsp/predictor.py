@@ -169,8 +169,13 @@ class EmbeddingCache:
         self.misses += 1
         return None
 
-    def put(self, model_id: str, key: str, features: ImageFeatures) -> None:
-        """Store features of one image (batch 1); a failing disk write only warns."""
+    def put(self, model_id: str, key: str, features: ImageFeatures) -> ImageFeatures:
+        """Store features of one image (batch 1); a failing disk write only warns.
+
+        Returns the stored copy (CPU, float32, ordinary tensors even when
+        ``features`` were made under ``torch.inference_mode``, so they can feed a
+        differentiable decoder, e.g. decoder-only fine-tuning from cached embeddings).
+        """
         if len(features) != 1:
             raise ValueError(f"cache entries hold one image, got a batch of {len(features)}")
         feats = features.to("cpu", torch.float32)
@@ -183,6 +188,7 @@ class EmbeddingCache:
                 if not self._warned:
                     warnings.warn(f"embedding cache: cannot write under {self.root}: {exc}", stacklevel=2)
                     self._warned = True
+        return feats
 
     def clear_memory(self) -> None:
         self._memory.clear()
@@ -406,8 +412,7 @@ class Predictor:
         feats = self.cache.get(self.model_id, key)
         cached = feats is not None
         if feats is None:
-            feats = self._encode(transform, rgb_u8)
-            self.cache.put(self.model_id, key, feats)
+            feats = self.cache.put(self.model_id, key, self._encode(transform, rgb_u8))
         self._features = feats.to(self.device)
         self._transform = transform
         self._rgb = rgb_u8

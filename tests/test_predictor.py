@@ -50,6 +50,7 @@ def test_shapes_and_dtypes_on_original_grid(micro_model, name):
     assert p.is_image_set and p.original_size == (H, W)
     assert p.image_rgb.shape == (H, W, 3) and p.image_rgb.dtype == np.uint8
     assert p.features.embeddings.shape == (1, 32, 16, 16)
+    assert not p.features.embeddings.is_inference()  # usable by a differentiable decoder
     pred = p.predict(np.array([[150.0, 40.0]]), np.array([1]))
     assert isinstance(pred, Prediction)
     assert pred.masks.shape == (1, H, W) and pred.masks.dtype == bool
