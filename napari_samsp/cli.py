@@ -74,10 +74,26 @@ def _segment_one(predictor, image, mode: str, num_passes: int):
     return segment_image(predictor, image, mode=mode, num_passes=num_passes).labels.astype(np.uint16), False
 
 
+def _check_input(path: Path, image) -> None:
+    """What segmenting ``image`` would refuse, checked up front; the message names the file."""
+    import numpy as np
+
+    from .errors import InputImageError
+    from .transforms import split_planes
+
+    try:
+        split_planes(image)
+        if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+            raise InputImageError(f"unsupported image dtype {image.dtype}; expected integers or floats")
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise InputImageError("image contains NaN or infinite values")
+    except InputImageError as exc:
+        raise InputImageError(f"{path}: {exc}") from None
+
+
 def cmd_segment(args) -> int:
     from .io import find_images, read_image, write_png_atomic, write_tiff_atomic
     from .predictor import EmbeddingCache, Predictor
-    from .transforms import split_planes
 
     _set_threads(args.threads)
     paths = find_images(args.inputs)
@@ -86,7 +102,7 @@ def cmd_segment(args) -> int:
     images = []
     for p in paths:
         img = read_image(p)
-        split_planes(img)
+        _check_input(p, img)
         images.append(img)
     loaded = _load(args)
     mode = args.mode or loaded.card.get("mode", "semantic")

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                    checkpoint_path=out / "checkpoint.pt", device=device)
     if dist.is_initialized():
         # Every rank reports a checksum of its weights so the recipe can check they agree.
-        checksum = torch.tensor([sum(float(p.double().sum()) for p in result.model.parameters())], dtype=torch.float64)
+        checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in result.model.parameters())], dtype=torch.float64)
         gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, checksum)
         if rank == 0:
@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         save_model(result.model, out / "model.safetensors", card)
         print(f"saved {out / 'model.safetensors'} (best val Dice {result.state.best_val:.4f} at step {result.state.best_step})")
+    if history:
+        history.close()
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -244,14 +244,21 @@ def train(
         if cache_features:
             # Frozen encoder: embeddings depend only on the image (dihedral
             # augmentation is applied by caching each variant), so reuse them.
-            loss_dict = _cached_step(objective, exs, rng, feature_cache, cfg, device)
+            loss_dict = _cached_step(objective, runner, exs, rng, feature_cache, cfg, device)
         else:
             images, labels, valid = collate([prepare_sample(ex, model.img_size, rng, cfg.augment) for ex in exs])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss_dict = runner(images.to(device), labels.to(device), valid.to(device))
         loss = loss_dict["total"]
         opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if dist.is_initialized():
+            # Every rank must skip together: a rank that skipped backward alone
+            # would leave the others waiting in DDP's gradient all-reduce.
+            flag = torch.tensor([1.0 if finite else 0.0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item() > 0)
+        if not finite:
             bad_steps += 1
             log.warning("non-finite loss at step %d (%d in a row); step skipped", state.step, bad_steps)
             if bad_steps >= cfg.max_bad_steps:
@@ -284,25 +291,41 @@ def train(
                 validations_without_gain += 1
                 if cfg.patience and validations_without_gain >= cfg.patience:
                     stopped_early = True
+        if dist.is_initialized() and cfg.patience and (state.step % cfg.val_every == 0 or last):
+            # Only rank 0 validates: share its early-stopping decision, or the
+            # other ranks would go on alone and wait forever in the all-reduce.
+            flag = torch.tensor([1.0 if stopped_early else 0.0], device=device)
+            dist.broadcast(flag, 0)
+            stopped_early = bool(flag.item() > 0)
         if checkpoint_path is not None and _is_main() and (state.step % cfg.checkpoint_every == 0 or last or stopped_early):
             _save_checkpoint(Path(checkpoint_path), model, opt, state, best)
         if stopped_early:
             break
     if best is not None:
         model.load_state_dict(best)
+    if dist.is_initialized():
+        # Only rank 0 validates and so knows the best weights: every rank returns those.
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                dist.broadcast(t, 0)
     model.eval()
     return TrainResult(model, state, time.time() - t0, stopped_early)
 
 
-def _cached_step(objective: SelfPromptObjective, exs, rng, cache, cfg: TrainConfig, device) -> dict:
+def _cached_step(objective: SelfPromptObjective, runner: torch.nn.Module, exs, rng, cache, cfg: TrainConfig, device) -> dict:
     from ..models.sam_model import ImageFeatures
 
     model = objective.model
     feats, labels, valid = [], [], []
-    dihedral = AugmentConfig(scale_crop_prob=0.0, brightness=0, contrast=0, gamma=0, gray_prob=0) if cfg.augment else None
+    aug = cfg.augment
+    flips = 2 if aug is not None and aug.flip else 1
+    turns = 4 if aug is not None and aug.rot90 else 1
     for ex in exs:
-        variant = rng.randrange(8) if dihedral else 0
-        sample = prepare_sample(ex, model.img_size, random.Random(variant), dihedral)
+        # Each variant number is one distinct element of the dihedral group, so
+        # every variant is encoded once and all of them occur.
+        variant = rng.randrange(flips * turns)
+        flip, k = variant >= turns, variant % turns
+        sample = prepare_sample(_dihedral_variant(ex, flip, k), model.img_size)
         key = (id(ex), variant)
         if key not in cache:
             with torch.no_grad():
@@ -314,4 +337,15 @@ def _cached_step(objective: SelfPromptObjective, exs, rng, cache, cfg: TrainConf
         torch.cat([f.embeddings for f in feats]),
         None if feats[0].hires is None else torch.cat([f.hires for f in feats]),
     )
-    return objective(None, torch.stack(labels).to(device), torch.stack(valid).to(device), features=features)
+    # Through ``runner`` (the DDP wrapper when distributed) so gradients are all-reduced.
+    return runner(None, torch.stack(labels).to(device), torch.stack(valid).to(device), features=features)
+
+
+def _dihedral_variant(ex: Example, flip: bool, k: int) -> Example:
+    """An example flipped horizontally (``flip``), then turned by ``k`` quarter turns."""
+    image, labels = ex.image, ex.labels
+    if flip:
+        image, labels = image[:, ::-1], labels[:, ::-1]
+    if k:
+        image, labels = np.rot90(image, k, (0, 1)), np.rot90(labels, k, (0, 1))
+    return Example(np.ascontiguousarray(image), np.ascontiguousarray(labels), ex.domain, ex.stem)
