@@ -250,15 +250,21 @@ class ObjectEditor:
         plane: the current (H, W) labels of the plane.
         label_id: the id to paint.
         preserve: never overwrite other objects.
+        multimask_first_click: decode a lone first click with SAM's three candidate masks and
+            keep the best (right for official SAM weights, whose single-mask output is meant for
+            several prompts); our fine-tuned models are trained on the single-mask output.
     """
 
-    def __init__(self, predictor, plane: np.ndarray, label_id: int, preserve: bool = True) -> None:
+    def __init__(
+        self, predictor, plane: np.ndarray, label_id: int, preserve: bool = True, multimask_first_click: bool = False
+    ) -> None:
         if tuple(predictor.original_size) != tuple(plane.shape):
             raise InputImageError(f"labels plane is {plane.shape}, the image is {tuple(predictor.original_size)}")
         self.predictor = predictor
         self.base = np.array(plane, copy=True)
         self.label_id = int(label_id)
         self.preserve = preserve
+        self.multimask_first_click = multimask_first_click
         self.target: np.ndarray | None = None
         self._target_decided = False
         self.logits: np.ndarray | None = None
@@ -295,7 +301,7 @@ class ObjectEditor:
         if restart:
             self.logits = None if self.target is None else mask_to_logits(self.predictor, self.target)
         n_points = len(prompts.points)
-        multimask = self.logits is None and prompts.box is None and n_points == 1
+        multimask = self.multimask_first_click and self.logits is None and prompts.box is None and n_points == 1
         pred = self.predictor.predict(
             point_coords=prompts.points if n_points else None,
             point_labels=prompts.labels if n_points else None,

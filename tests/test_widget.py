@@ -92,7 +92,7 @@ def test_2d_loop_segment_prompt_undo_send_export(annotator, qtbot, tmp_path):
     img, lab = store.load(entries[0].stem)
     np.testing.assert_array_equal(img, image)
     assert img.dtype == np.uint16 and (lab == 7).sum() >= 100
-    assert "1 corrected image" in w.correct_panel.counter.text()
+    assert "<b>1</b> corrected image" in w.correct_panel.counter.text()
 
     # Export through the widget: TIFF, PNG and COCO.
     out = tmp_path / "export"

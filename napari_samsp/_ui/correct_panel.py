@@ -79,6 +79,7 @@ class CorrectPanel(QWidget):
         row.addWidget(self.all_slices, 0, 1)
         layout.addLayout(row)
         self.counter = QLabel()
+        self.counter.setWordWrap(True)
         layout.addWidget(self.counter)
 
         session.workspace_changed.connect(self._attach)
@@ -89,6 +90,7 @@ class CorrectPanel(QWidget):
 
     # -- wiring --------------------------------------------------------------------------
     def _attach(self, ws) -> None:
+        self.propagate_button.setEnabled(ws is not None and ws.is_stack)
         if ws is None:
             self.object_label.setText("Object id: -")
             return
@@ -111,7 +113,8 @@ class CorrectPanel(QWidget):
 
     def _update_counter(self) -> None:
         n = self.session.store_count()
-        self.counter.setText(f"Store: {n} corrected image{'s' if n != 1 else ''} in {self.session.store_dir}")
+        self.counter.setText(f"Store: <b>{n}</b> corrected image{'s' if n != 1 else ''}")
+        self.counter.setToolTip(f"Annotation store: {self.session.store_dir}")
 
     def ensure_layers(self):
         """Create the labels/prompt layers for the current image (so the user can start clicking)."""
@@ -177,15 +180,23 @@ class CorrectPanel(QWidget):
         prompts = ws.prompts(z)
         layer = ws.labels
         label_id = int(layer.selected_label) or new_label_id(layer.data)
-        key = (ws.key, z, label_id)
         plane = ws.labels_plane(z)
         editor = s.editor
+        key = (ws.key, z, label_id)
         try:
             if editor is None or s.editor_key != key or not np.array_equal(plane, editor.painted):
                 if prompts.empty:
                     return False
+                # A fresh id and a first click on an existing object: correct that object.
+                first = prompts.first_positive
+                if first is not None and not (plane == label_id).any():
+                    r, c = first
+                    if 0 <= r < plane.shape[0] and 0 <= c < plane.shape[1] and plane[r, c]:
+                        label_id = int(plane[r, c])
+                        layer.selected_label = label_id
+                        key = (ws.key, z, label_id)
                 s.history.push(ws.key, z, plane)
-                editor = ObjectEditor(s.predictor, plane, label_id)
+                editor = ObjectEditor(s.predictor, plane, label_id, multimask_first_click=s.official_weights)
                 s.editor, s.editor_key = editor, key
                 restart = False
             t1 = time.perf_counter()

@@ -37,8 +37,9 @@ def card_html(loaded) -> str:
     """A short, readable summary of a model card."""
     card = loaded.card or {}
     cfg = card.get("config") or {}
+    source = str(loaded.source)
     rows = [
-        ("source", loaded.source),
+        ("source", Path(source).name if ("/" in source or "\\" in source) else source),
         ("architecture", cfg.get("name", "?") + (" + SAM-UNet branch" if cfg.get("unet") else "")),
         ("input", f"{card.get('input_size', cfg.get('img_size', '?'))} px, patch {cfg.get('patch_size', '?')}"),
         ("mode", f"{card.get('mode', 'semantic')}, {card.get('num_passes', '?')} self-prompting passes"),
@@ -197,6 +198,7 @@ class ModelPanel(QWidget):
 
     def _show_card(self, loaded) -> None:
         self.card.setText("No model loaded." if loaded is None else card_html(loaded))
+        self.card.setToolTip("" if loaded is None else f"weights: {loaded.source}\nmodel id: {loaded.model_id}")
 
 
 def version_weights(path: Path) -> Path:

@@ -89,7 +89,7 @@ class SegmentPanel(QWidget):
         self.viewer.layers.events.removed.connect(self._on_removed)
         self.viewer.layers.events.moved.connect(self._refresh_layers)
         session.model_changed.connect(self._on_model)
-        session.workspace_changed.connect(lambda ws: self._refresh_layers())
+        session.workspace_changed.connect(self._on_workspace)
         self._refresh_layers()
 
     # -- image choice ------------------------------------------------------------------
@@ -110,6 +110,10 @@ class SegmentPanel(QWidget):
         for layer in self._image_layers():  # keep names in sync
             layer.events.name.disconnect(self._refresh_layers)
             layer.events.name.connect(self._refresh_layers)
+
+    def _on_workspace(self, ws) -> None:
+        self.segment_all_button.setEnabled(ws is None or ws.is_stack)
+        self._refresh_layers()
 
     def _on_removed(self, event) -> None:
         ws = self.session.workspace

@@ -139,6 +139,12 @@ class Session:
         return card.get("mode", "semantic") if card.get("mode") in ("semantic", "instance") else "semantic"
 
     @property
+    def official_weights(self) -> bool:
+        """Official SAM weights, not fine-tuned (they decode single clicks best with multimask output)."""
+        card = {} if self.loaded is None else (self.loaded.card or {})
+        return bool((card.get("config") or {}).get("official")) and not card.get("steps") and not self.loaded.is_random
+
+    @property
     def num_passes(self) -> int | None:
         card = {} if self.loaded is None else (self.loaded.card or {})
         n = card.get("num_passes")

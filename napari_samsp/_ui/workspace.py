@@ -249,8 +249,12 @@ class Workspace:
         """Sign of the next point (toggled with the T key)."""
         self.prompt_positive = bool(positive)
         if self._alive(self._points):
-            self._points.feature_defaults = {"sign": "positive" if positive else "negative"}
-            self._points.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
+            layer = self._points
+            layer.feature_defaults = {"sign": "positive" if positive else "negative"}
+            # current_face_color also recolours the selected points: deselect first.
+            if layer.selected_data:
+                layer.selected_data = set()
+            layer.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
 
     def prompts(self, z: int | None) -> PromptSet:
         pts = None if not self._alive(self._points) else np.asarray(self._points.data)
@@ -290,16 +294,18 @@ class Workspace:
         return np.array(data[z] if self.is_stack else data, copy=True)
 
     def set_labels_plane(self, z: int | None, plane: np.ndarray, user_edit: bool = True) -> None:
+        """Write one plane into the Labels layer; only changed pixels are written (and redrawn),
+        through napari's ``data_setitem``, so napari's own undo (Ctrl+Z) covers it too."""
         self.check_labels()
         layer = self.labels
         plane = np.asarray(plane)
         if np.issubdtype(plane.dtype, np.integer) and plane.max(initial=0) > np.iinfo(layer.data.dtype).max:
             layer.data = layer.data.astype(np.uint64)
-        if self.is_stack:
-            layer.data[z] = plane
-        else:
-            layer.data[...] = plane
-        layer.refresh()
+        current = layer.data[z] if self.is_stack else layer.data
+        changed = np.nonzero(np.asarray(current) != plane)
+        if changed[0].size:
+            indices = ((np.full(changed[0].size, z, np.intp),) if self.is_stack else ()) + changed
+            layer.data_setitem(indices, plane[changed].astype(layer.data.dtype, copy=False))
         if user_edit:
             self.dirty = True
 
