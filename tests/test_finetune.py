@@ -185,7 +185,7 @@ def test_simulate_prompts_shapes_and_boxes_contain_their_object():
     labels = _object_labels()
     s = labels.shape[-1]
     gen = torch.Generator().manual_seed(0)
-    batch = simulate_prompts(labels, per_image=2, gen=gen, box_jitter=0.0)
+    batch = simulate_prompts(labels, per_image=2, gen=gen, box_jitter=0.0, points_only_prob=0.0)
     n = 2 + 1  # two of image 0's three objects, the only one of image 2, none of image 1
     assert batch.image_index.tolist() == [0, 0, 2]
     assert batch.targets.shape == (n, 1, s, s)
@@ -206,7 +206,7 @@ def test_simulate_prompts_shapes_and_boxes_contain_their_object():
                 assert target[int(y), int(x)]
 
     # With the default jitter boxes stay in the frame and still cover most of their object.
-    jittered = simulate_prompts(labels, per_image=3, gen=torch.Generator().manual_seed(1))
+    jittered = simulate_prompts(labels, per_image=3, gen=torch.Generator().manual_seed(1), points_only_prob=0.0)
     assert len(jittered.image_index) == 4
     assert (jittered.boxes >= 0).all() and (jittered.boxes <= s).all()
     assert (jittered.boxes[:, 2:] >= jittered.boxes[:, :2]).all()
@@ -217,6 +217,11 @@ def test_simulate_prompts_shapes_and_boxes_contain_their_object():
         assert inside >= 0.5 * target.sum()
 
     assert simulate_prompts(torch.zeros(2, s, s, dtype=torch.int64), 2, gen) is None
+
+    # Points-only batches (a user's first clicks): no boxes, and every prompt set has a positive point.
+    clicks = simulate_prompts(labels, per_image=3, gen=torch.Generator().manual_seed(2), points_only_prob=1.0)
+    assert clicks.boxes is None
+    assert ((clicks.point_labels == 1).sum(dim=1) >= 1).all()
 
 
 def test_corrective_clicks_go_to_the_larger_error():

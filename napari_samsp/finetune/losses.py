@@ -29,9 +29,20 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
     return loss.mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, focal_weight: float = 20.0) -> torch.Tensor:
-    """Focal + Dice as in SAM / SAM-UNet (focal weighted 20:1 as SAM does)."""
-    return focal_weight * focal_loss(logits, target, weight) + dice_loss(logits, target, weight)
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    focal_weight: float = 20.0,
+    focal_alpha: float = 0.25,
+) -> torch.Tensor:
+    """Focal + Dice as in SAM / SAM-UNet (focal weighted 20:1 as SAM does).
+
+    ``focal_alpha`` < 0 disables the class weighting; 0.25 (the detection default)
+    weighs foreground pixels a third of background ones, which biases large
+    objects towards under-segmentation when training from scratch.
+    """
+    return focal_weight * focal_loss(logits, target, weight, alpha=focal_alpha) + dice_loss(logits, target, weight)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "kl", temperature: float = 1.0, weight: torch.Tensor | None = None) -> torch.Tensor:

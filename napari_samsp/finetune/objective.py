@@ -27,6 +27,7 @@ class ObjectiveConfig:
     prompts_per_image: int = 4
     click_iterations: int = 1
     iou_weight: float = 1.0
+    focal_alpha: float = 0.25
 
 
 class SelfPromptObjective(nn.Module):
@@ -59,7 +60,7 @@ class SelfPromptObjective(nn.Module):
         passes = self.sp.run_passes(features)
         up = [model.upscale_logits(p.logits) for p in passes]
         pw = cfg.pass_weights or (1.0,) * len(passes)
-        seg = sum(w * segmentation_loss(u, fg, weight) for w, u in zip(pw, up)) / sum(pw)
+        seg = sum(w * segmentation_loss(u, fg, weight, focal_alpha=cfg.focal_alpha) for w, u in zip(pw, up)) / sum(pw)
         iou = sum(iou_head_loss(p.iou, u, fg) for p, u in zip(passes, up)) / len(passes)
         losses = {"seg": seg, "iou": iou}
         total = seg + cfg.iou_weight * iou
@@ -84,15 +85,16 @@ class SelfPromptObjective(nn.Module):
         dev = features.embeddings.device
         targets = batch.targets.to(dev)
         coords, plabels = batch.point_coords.to(dev), batch.point_labels.to(dev)
-        boxes, index = batch.boxes.to(dev), batch.image_index.to(dev)
+        boxes = batch.boxes.to(dev) if batch.boxes is not None else None
+        index = batch.image_index.to(dev)
         logits, iou = self.model.decode(features, coords, plabels, boxes, image_index=index)
         up = self.model.upscale_logits(logits)
-        loss = segmentation_loss(up, targets) + self.config.iou_weight * iou_head_loss(iou, up, targets)
+        loss = segmentation_loss(up, targets, focal_alpha=self.config.focal_alpha) + self.config.iou_weight * iou_head_loss(iou, up, targets)
         for _ in range(self.config.click_iterations):
             c, lab = corrective_clicks(up.detach().cpu(), targets.cpu(), self.gen)
             coords = torch.cat([coords, c.to(dev)], 1)
             plabels = torch.cat([plabels, lab.to(dev)], 1)
             logits, iou = self.model.decode(features, coords, plabels, boxes, mask_input=logits.detach(), image_index=index)
             up = self.model.upscale_logits(logits)
-            loss = loss + segmentation_loss(up, targets) + self.config.iou_weight * iou_head_loss(iou, up, targets)
+            loss = loss + segmentation_loss(up, targets, focal_alpha=self.config.focal_alpha) + self.config.iou_weight * iou_head_loss(iou, up, targets)
         return loss / (1 + self.config.click_iterations)

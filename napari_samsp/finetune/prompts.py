@@ -48,8 +48,14 @@ def simulate_prompts(
     gen: torch.Generator,
     box_jitter: float = 0.1,
     max_points: int = 2,
+    points_only_prob: float = 0.3,
 ) -> PromptBatch | None:
     """Sample up to ``per_image`` objects per image and a prompt set for each.
+
+    One draw per call decides whether this batch has boxes: with probability
+    ``points_only_prob`` it has none (every prompt set gets at least one point),
+    which is how a user's first clicks reach the model at inference. Otherwise
+    each prompt set has a jittered box and, sometimes, points.
 
     Args:
         labels: (B, S, S) int64 instance labels in the input frame.
@@ -57,6 +63,7 @@ def simulate_prompts(
         None when no image has an object.
     """
     b, s, _ = labels.shape
+    points_only = float(torch.rand(1, generator=gen)) < points_only_prob
     idx, targets, boxes, coords, plabels = [], [], [], [], []
     for i in range(b):
         ids = torch.unique(labels[i])
@@ -71,9 +78,8 @@ def simulate_prompts(
             box = (box + torch.randn(4, generator=gen) * box_jitter * size).clamp(0, s)
             box = torch.stack([torch.minimum(box[0], box[2]), torch.minimum(box[1], box[3]),
                                torch.maximum(box[0], box[2]), torch.maximum(box[1], box[3])])
-            kind = float(torch.rand(1, generator=gen))  # box only / points only / both
-            use_box = kind < 0.7
-            n_pts = 0 if kind < 0.4 else int(torch.randint(1, max_points + 1, (1,), generator=gen))
+            with_points = points_only or float(torch.rand(1, generator=gen)) < 0.5
+            n_pts = int(torch.randint(1, max_points + 1, (1,), generator=gen)) if with_points else 0
             pts = torch.zeros(max_points, 2)
             lab = torch.full((max_points,), -1, dtype=torch.int64)
             for p in range(n_pts):
@@ -81,7 +87,7 @@ def simulate_prompts(
                 lab[p] = 1
             idx.append(i)
             targets.append(m.float())
-            boxes.append(box if use_box else torch.tensor([0.0, 0.0, s, s]))
+            boxes.append(box)
             coords.append(pts)
             plabels.append(lab)
     if not idx:
@@ -89,7 +95,7 @@ def simulate_prompts(
     return PromptBatch(
         image_index=torch.tensor(idx),
         targets=torch.stack(targets)[:, None],
-        boxes=torch.stack(boxes),
+        boxes=None if points_only else torch.stack(boxes),
         point_coords=torch.stack(coords),
         point_labels=torch.stack(plabels),
     )
