@@ -323,6 +323,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-every", action="store_true", help="measure calibration after every round (else at the end)")
     ap.add_argument("--out", default=str(REPO / "runs" / "al"))
     ap.add_argument("--figures", default=str(REPO / "docs" / "figures"))
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed; > 0 appends to an existing OUT/results.json")
     ap.add_argument("--analyse-only", action="store_true", help="recompute the summary, analysis and figures from OUT/results.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -347,8 +348,12 @@ def main(argv=None) -> int:
     results = {"args": vars(args), "base": {"source": base.source, "card_steps": base.card.get("steps"), "note": base.card.get("note")},
                "base_val_dice": val_dice(base.model, val_bank.items, k), "runs": {}, "improve": [], "full": []}
     log(f"base model val Dice {results['base_val_dice']:.4f}")
+    if args.seed_start > 0 and (out / "results.json").is_file():
+        old = json.loads((out / "results.json").read_text())
+        results.update({k: old[k] for k in ("runs", "improve", "full")})
+        results["args"]["seeds"] = args.seed_start + args.seeds
     strategies = args.strategies.split(",")
-    for seed in range(args.seeds):
+    for seed in range(args.seed_start, args.seed_start + args.seeds):
         init = [int(i) for i in np.random.default_rng(seed).permutation(pool_idx)[: args.step]]
         full = finetune(base, bank.items, args.steps, args.lr, seed)
         results["full"].append(val_dice(full, val_bank.items, k))
@@ -422,8 +427,10 @@ def analyse(results: dict) -> dict:
         out["lambda"][str(lam)] = {"spearman": q["spearman"], "mae": q["mae"]}
     q = cross_validated_quality(s, e, d, RewardConfig(lam=0.9), lam_grid=LAMBDA_GRID)
     out["auto_lambda"] = {"spearman": q["spearman"], "mae": q["mae"], "bins": q["bins"]}
+    q9 = cross_validated_quality(s, e, d, RewardConfig(lam=0.9))
+    out["lambda_0.9"] = {"spearman": q9["spearman"], "mae": q9["mae"], "bins": q9["bins"]}
     qp = calibration_quality(prior_expected_dice(s), d)
-    out["prior"] = {"spearman": qp["spearman"], "mae": qp["mae"]}
+    out["prior"] = {"spearman": qp["spearman"], "mae": qp["mae"], "bins": qp["bins"]}
     ann = [c["quality"] for r in results["runs"]["reward"] for c in r["calibration"]]
     out["annotation_time"] = {"spearman": float(np.nanmean([q["spearman"] for q in ann])), "mae": float(np.mean([q["mae"] for q in ann]))}
     return out
@@ -465,15 +472,19 @@ def make_figures(results: dict, figdir: Path) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(9, 4))
         ax = axes[0]
         ax.plot([0, 1], [0, 1], "k--", lw=1)
-        for qq, name in ((q, "calibrated reward"), (qp, "prior (self-confidence)")):
-            b = qq["bins"]
+        curves = [(q, f"annotation-time calibration, lambda {results['args']['lam']}"), (qp, "uncalibrated prior (self-confidence)")]
+        an = results.get("analysis") or {}
+        if an.get("auto_lambda"):
+            curves.append((an["auto_lambda"], f"held-out calibration (5-fold CV, lambda chosen), n={an['n']}"))
+        for qq, name in curves:
+            b = qq["bins"] if "bins" in qq else []
             ax.plot([x["expected"] for x in b], [x["real"] for x in b], marker="o", label=f"{name}: rho {qq['spearman']:.2f}, MAE {qq['mae']:.2f}")
         ax.set_xlabel("expected Dice (binned)")
         ax.set_ylabel("real Dice")
-        ax.set_title("Reliability on held-out images")
-        ax.legend(fontsize=7)
+        ax.set_title("Reliability (binned), held-out images")
+        ax.legend(fontsize=6)
         ax = axes[1]
-        ax.scatter(e, t, s=10, alpha=0.6, label="calibrated")
+        ax.scatter(e, t, s=10, alpha=0.6, label="annotation-time calibration (last round)")
         ax.scatter(p, t, s=10, alpha=0.4, marker="x", label="prior")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.set_xlabel("expected Dice")

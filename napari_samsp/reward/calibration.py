@@ -176,7 +176,8 @@ class RewardCalibrator:
 
         ``lam_grid`` (e.g. ``LAMBDA_GRID``): choose lambda from it by the Spearman correlation of the
         absolute reward with the real Dice on these samples (ties: the one closest to ``config.lam``),
-        instead of CSR's fixed lambda. Useful where the image evidence does not fit the modality.
+        instead of CSR's fixed lambda, once there are ``2 * min_samples`` samples. Useful where the image
+        evidence does not fit the modality (on hc18 ultrasound lambda 0.9 ranks worse than 0.25).
         """
         s = np.asarray(self_scores, np.float64).ravel()
         e = np.asarray(evidence_scores, np.float64).ravel()
@@ -192,7 +193,7 @@ class RewardCalibrator:
             warnings.warn(self.message, stacklevel=2)
             return self
         self.ref_self, self.ref_evidence = np.sort(s), np.sort(e)
-        if lam_grid is not None and np.ptp(d) > 0:
+        if lam_grid is not None and np.ptp(d) > 0 and s.size >= 2 * self.config.min_samples:
             best = None
             for lam in lam_grid:
                 r = (1 - lam) * _cdf(self.ref_self, s) + lam * _cdf(self.ref_evidence, e)

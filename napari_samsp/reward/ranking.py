@@ -373,11 +373,13 @@ def rank_images(
     return rows
 
 
-def rank_paths(predictor: Predictor, paths: Sequence, store=None, num_passes: int = 2, **kwargs) -> Iterator[dict]:
+def rank_paths(predictor: Predictor, paths: Sequence, store=None, num_passes: int = 2, select_lambda: bool = True,
+               **kwargs) -> Iterator[dict]:
     """:func:`rank_images` for the CLI: yields JSON-ready rows, lowest expected Dice first.
 
     ``store`` may be a path (an annotation store or a data-layout folder); a store with fewer
-    than 5 corrected masks gives ``"calibrated": false`` rows (with a warning).
+    than 5 corrected masks gives ``"calibrated": false`` rows (with a warning). With 10 or more
+    corrected masks lambda is chosen on them (``select_lambda``), else it is ``RewardConfig.lam`` (0.9).
     """
     if store is not None and isinstance(store, (str, Path)):
         from ..store import AnnotationStore
@@ -388,7 +390,7 @@ def rank_paths(predictor: Predictor, paths: Sequence, store=None, num_passes: in
         store = AnnotationStore(root, create=False) if (root / "manifest.jsonl").exists() else root
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        rows = rank_images(predictor, list(paths), store=store, num_passes=num_passes, **kwargs)
+        rows = rank_images(predictor, list(paths), store=store, num_passes=num_passes, select_lambda=select_lambda, **kwargs)
     for row in rows:
         row.pop("score", None)
         yield row
