@@ -154,3 +154,18 @@ def test_work_queue_order_and_cursor(tmp_path):
     assert [p.stem for p in q2.items] == ["c", "b", "a"]
     with pytest.raises(DataLayoutError):
         WorkQueue.from_folder(tmp_path / "missing")
+
+
+def test_ranked_order_is_a_permutation(micro_model, tmp_path):
+    from napari_samsp.io import write_png_atomic
+    from napari_samsp.work_queue import ranking_available
+
+    if not ranking_available():
+        pytest.skip("napari_samsp.reward is not installed")
+    paths = []
+    for k in range(3):
+        image, _ = synthetic_nuclei((40, 40), n=3, seed=k)
+        paths.append(write_png_atomic(tmp_path / f"i{k}.png", (image // 256).astype(np.uint8)))
+    calls = []
+    ranked = order_images(paths, Predictor(micro_model, "micro-test"), progress=lambda d, t: calls.append(d))
+    assert sorted(ranked) == sorted(paths) and calls == [1, 2, 3]

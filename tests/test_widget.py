@@ -72,15 +72,23 @@ def test_2d_loop_segment_prompt_undo_send_export(annotator, qtbot, tmp_path):
     w.session.workspace.add_point(45, 55)
     assert ws.points.features["sign"].tolist() == ["positive", "negative"]
     np.testing.assert_allclose(ws.points.face_color[1], [1.0, 0.2, 0.25, 1.0], atol=1e-6)
-    # A box prompt also re-decodes.
+    # A box prompt also re-decodes; napari's own undo (Ctrl+Z) reverts that paint.
+    before_box = labels.data.copy()
     ws.shapes.add_rectangles(np.array([[30, 40], [60, 70]]))
     assert w.session.editor is not None and w.session.editor.mask is not None
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before_box)
+    # Deleting a prompt point re-decodes without it (the labels changed under the editor, so the
+    # object restarts from them: one more entry in the widget's undo history).
+    ws.points.selected_data = {1}
+    ws.points.remove_selected()
+    assert len(ws.points.data) == 1 and w.session.editor.mask is not None
 
     # Commit gives a new id; undo goes back to the labels before the object.
     w.commit_object()
     assert len(ws.points.data) == 0 and ws.shapes.nshapes == 0
     assert int(labels.selected_label) == int(labels.data.max()) + 1
-    assert w.undo()
+    assert w.undo() and w.undo()
     np.testing.assert_array_equal(labels.data, auto)
 
     # Send corrections: the store holds the original 16-bit pixels and the labels.
@@ -269,16 +277,18 @@ def test_queue_shortcuts_sample_data_reader_writer(annotator, qtbot, tmp_path):
     for k in range(3):
         image, _ = synthetic_nuclei((48, 48), n=3, seed=10 + k)
         write_png_atomic(folder / f"im{k}.png", (image // 256).astype(np.uint8))
-    assert w.open_folder(folder, rank=False)
+    assert w.open_folder(folder, rank=True) is not None  # ranked by the self-reward, in a worker
     wait(qtbot, w)
+    assert sorted(p.name for p in w.session.queue.items) == ["im0.png", "im1.png", "im2.png"]
     first = w.queue_panel.queue_layer
-    assert first.name == "im0" and first.metadata["samsp_path"].endswith("im0.png")
-    assert viewer.layers["im0 labels"].data.shape == (48, 48)
-    viewer.layers["im0 labels"].data[5:15, 5:15] = 3
+    name0 = w.session.queue.items[0].stem
+    assert first.name == name0 and first.metadata["samsp_path"].endswith(f"{name0}.png")
+    assert viewer.layers[f"{name0} labels"].data.shape == (48, 48)
+    viewer.layers[f"{name0} labels"].data[5:15, 5:15] = 3
     assert w.send_corrections()
     assert w.next_image() is not None
     wait(qtbot, w)
-    assert "im0" not in [lay.name for lay in viewer.layers]  # sent: its layers are retired
+    assert name0 not in [lay.name for lay in viewer.layers]  # sent: its layers are reused for the next image
     assert w.next_image() is not None
     wait(qtbot, w)
     assert w.next_image() is None
@@ -293,5 +303,6 @@ def test_queue_shortcuts_sample_data_reader_writer(annotator, qtbot, tmp_path):
     assert "synthetic ultrasound" in viewer.layers
     layers = viewer.open(str(folder), plugin="napari-samsp")
     assert layers and layers[0].data.shape == (3, 48, 48)
-    saved = viewer.layers["im2 labels"].save(str(tmp_path / "w.json"), plugin="napari-samsp")
+    last = w.session.queue.items[-1].stem
+    saved = viewer.layers[f"{last} labels"].save(str(tmp_path / "w.json"), plugin="napari-samsp")
     assert saved and json.loads(Path(saved[0]).read_text())["images"]

@@ -47,7 +47,7 @@ def bench(viewer, widget, image, truth, clicks: int) -> dict:
     layer = viewer.add_image(image, name=f"bench {image.shape[0]}")
     ws = widget.use_layer(layer)
     t0 = time.perf_counter()
-    widget.segment()  # computes the embedding (and a first auto-segmentation)
+    widget.segment()  # computes the embedding and a first auto-segmentation
     wait_idle(widget, 600)
     first = time.perf_counter() - t0
     predictor = widget.session.predictor
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
           f"device {widget.session.device}, torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, window {'hidden' if args.hidden else 'shown'}")
     print()
-    print("| image | embedding (first / cached) | decode median (p90) | update median (p90) | click -> labels median (p90) |")
+    print("| image | auto-segment incl. embedding / cached embedding | decode median (p90) | update median (p90) | click -> labels median (p90) |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(

@@ -208,7 +208,12 @@ class CorrectPanel(QWidget):
             return False
         self.last_decode_s = t2 - t1
         self.last_update_s = time.perf_counter() - t0
-        if editor.mask is not None:
+        if editor.mask is not None and not editor.mask.any():
+            s.messages.status(
+                f"object {label_id}: the model returned an empty mask for these prompts "
+                f"(add a positive point or a box; Shift+U restores the labels)"
+            )
+        elif editor.mask is not None:
             s.messages.status(
                 f"object {label_id}: {int(editor.mask.sum())} px, predicted IoU {editor.score:.2f}, "
                 f"decoded in {1000 * self.last_decode_s:.0f} ms"
