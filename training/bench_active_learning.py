@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     bank, val_bank = Bank(base, pool_ex), Bank(base, val_ex)
     rcfg = RewardConfig(lam=args.lam)
     pool_idx = list(range(len(pool_ex)))
-    results = {"args": vars(args), "base": {"source": base.source, "card_steps": base.card.get("steps"), "note": base.card.get("note")},
+    results = {"args": dict(vars(args)), "base": {"source": base.source, "card_steps": base.card.get("steps"), "note": base.card.get("note")},
                "base_val_dice": val_dice(base.model, val_bank.items, k), "runs": {}, "improve": [], "full": []}
     log(f"base model val Dice {results['base_val_dice']:.4f}")
     if args.seed_start > 0 and (out / "results.json").is_file():
