@@ -145,6 +145,9 @@ class QueuePanel(QWidget):
             points.data = np.zeros((0, len(spatial)))
             shapes.data = []
         labels.data = np.zeros(spatial, np.uint32)
+        reset = getattr(labels, "_reset_history", None)  # napari keeps Ctrl+Z history across data swaps
+        if callable(reset):
+            reset()
         layer.data = image
         layer.metadata = {"samsp_path": str(path)}
         layer.reset_contrast_limits()
