@@ -54,7 +54,7 @@ from napari_samsp.models.checkpoints import DEFAULT_WEIGHTS, LoadedModel, load_m
 from napari_samsp.models.sam_sp import SamSP  # noqa: E402
 from napari_samsp.predictor import EmbeddingCache, Predictor  # noqa: E402
 from napari_samsp.reward.calibration import RewardCalibrator, RewardConfig, calibration_quality, prior_expected_dice  # noqa: E402
-from napari_samsp.reward.evidence import EmbeddingPrototypes, embedding_score, pooled_embeddings  # noqa: E402
+from napari_samsp.reward.evidence import EmbeddingPrototypes, pooled_embeddings  # noqa: E402
 from napari_samsp.reward.improve import ImproveConfig, _Item, _train_round, self_improve  # noqa: E402
 from napari_samsp.reward.ranking import diversity_order, score_image  # noqa: E402
 
