@@ -161,7 +161,7 @@ def run(args, log) -> dict:
     return results
 
 
-def report(data: str) -> str:
+def report(data: str, figure: str = "loop_curve.png") -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,7 +194,7 @@ def report(data: str) -> str:
     ax.set_ylim(0, 1)
     fig.tight_layout()
     FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "loop_curve.png", dpi=110)
+    fig.savefig(FIGURES / figure, dpi=110)
     plt.close(fig)
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", help="base model file (default: the default model, see pick_base)")
     ap.add_argument("--runs", type=Path, default=None)
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--figure", default="loop_curve.png", help="file name under docs/figures/")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             logf.flush()
 
         run(args, log)
-    print(report(args.data))
+    print(report(args.data, args.figure))
     return 0
 
 
