@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if init:
         from napari_samsp.models.checkpoints import load_model
 
-        model = load_model(init, device="cpu").model
+        loaded = load_model(init, device="cpu")
+        model, model_cfg = loaded.model, loaded.model.config
     train_ex, val_ex = build_examples(cfg, rank)
     objective = ObjectiveConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.get("objective", {}).items()})
     augment = AugmentConfig(**cfg["augment"]) if isinstance(cfg.get("augment"), dict) else (None if cfg.get("augment") is False else AugmentConfig())
@@ -122,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         patience=int(cfg.get("patience", 0)),
         checkpoint_every=int(cfg.get("checkpoint_every", 100)),
         seed=int(cfg.get("seed", 0)),
+        validate_at_start=bool(cfg.get("validate_at_start", False)),
+        weight_decay=float(cfg.get("weight_decay", TrainConfig.weight_decay)),
+        grad_clip=float(cfg.get("grad_clip", TrainConfig.grad_clip)),
+        amp=bool(cfg.get("amp", TrainConfig.amp)),
     )
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:

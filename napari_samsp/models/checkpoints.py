@@ -616,6 +616,11 @@ def _temp_beside(target: Path) -> Path:
     # Same directory, so os.replace is an atomic rename on the same filesystem.
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    # mkstemp creates 0600; model files are shared (and shipped in the wheel), so
+    # give them the usual permissions the process's umask allows.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
     return Path(name)
 
 
