@@ -618,10 +618,15 @@ def _temp_beside(target: Path) -> Path:
     os.close(fd)
     # mkstemp creates 0600; model files are shared (and shipped in the wheel), so
     # give them the usual permissions the process's umask allows.
+    os.chmod(name, _file_mode())
+    return Path(name)
+
+
+def _file_mode() -> int:
+    """0666 minus the process umask: the mode a plain ``open(..., "w")`` would give."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
+    return 0o666 & ~umask
 
 
 def save_model(model: SamModel, path: str | os.PathLike[str], card: Mapping[str, Any]) -> Path:
@@ -653,6 +658,7 @@ def save_model(model: SamModel, path: str | os.PathLike[str], card: Mapping[str,
         tmp_weights = _temp_beside(target)
         temps.append(tmp_weights)
         save_file(tensors, tmp_weights, metadata=metadata)
+        os.chmod(tmp_weights, _file_mode())
         with open(tmp_weights, "r+b") as f:
             os.fsync(f.fileno())
         tmp_card = _temp_beside(sidecar)
