@@ -175,6 +175,31 @@ def cmd_rank(args) -> int:
     return 0
 
 
+def cmd_improve(args) -> int:
+    from .io import find_images
+    from .models.checkpoints import save_model
+    from .reward.improve import ImproveConfig, self_improve
+
+    _set_threads(args.threads)
+    unlabeled = find_images(args.unlabeled)
+    base = _load(args)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"{stage}: {done}/{total}", flush=True)
+
+    report = self_improve(base, unlabeled, args.data, rounds=args.rounds,
+                          config=ImproveConfig(steps=args.steps), progress=progress)
+    for r in report.rounds:
+        print(r.message, flush=True)
+    print(report.message)
+    # Written even when no round helped (then it holds the base weights and the card says so),
+    # so scripts can rely on OUT existing.
+    out = save_model(report.model, args.output, report.card)
+    print(f"saved {out}; validation Dice {report.base_val:.4f} -> {report.final_val:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="samsp", description="Self-prompted Segment Anything: segment, fine-tune, evaluate, rank.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -213,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-image", action="store_true", help="include per-image scores")
     p.add_argument("--compact", action="store_true", help="one-line JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("improve", help="self-improvement rounds on unlabeled images (calibrated self-reward)")
+    p.add_argument("--data", action="append", required=True, metavar="DIR",
+                   help="annotation store / data folder with corrected masks (always mixed in)")
+    p.add_argument("--unlabeled", nargs="+", required=True, metavar="INPUT")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per round")
+    model_args(p)
+    p.set_defaults(func=cmd_improve)
 
     p = sub.add_parser("rank", help="rank unlabeled images for annotation (lowest expected Dice first)")
     p.add_argument("inputs", nargs="+", metavar="INPUT")

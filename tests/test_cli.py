@@ -283,6 +283,28 @@ def test_finetune_writes_a_model_that_segment_accepts(tmp_path, capsys):
         assert np.asarray(Image.open(tmp_path / "seg" / f"{stem}.png")).shape == hw
 
 
+def test_improve_runs_a_round_and_always_writes_the_model(tmp_path, capsys):
+    data = write_disc_layout(tmp_path / "data", n=6)
+    write_inputs(tmp_path / "unlabeled")
+    out_path = tmp_path / "improved.safetensors"
+    code, out, err = run(capsys, "improve", "--data", data, "--unlabeled", tmp_path / "unlabeled", "--model", "micro",
+                         "-o", out_path, "--rounds", "1", "--steps", "2", "--threads", "1", "--device", "cpu")
+    assert code == 0, err
+    assert out_path.is_file()
+    assert "validation Dice" in out and "->" in out
+
+
+def test_improve_without_unlabeled_images_fails_with_one_line(tmp_path, capsys):
+    data = write_disc_layout(tmp_path / "data", n=4)
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "improve", "--data", data, "--unlabeled", tmp_path / "empty", "--model", "micro",
+                       "-o", tmp_path / "x.safetensors", "--threads", "1")
+    assert code != 0
+    lines = [line for line in err.splitlines() if not line.startswith("samsp: warning:")]
+    assert len(lines) == 1 and lines[0].startswith("samsp: error:"), err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_finetune_bad_data_fails_with_one_line(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     code, _, err = run(capsys, "finetune", "--data", tmp_path / "data", "--model", "micro",
