@@ -223,6 +223,10 @@ class SamspWidget(QWidget):
     def start_finetune(self, steps: int | None = None):
         return self.train_panel.start_finetune(steps)
 
+    def self_improve(self, rounds: int | None = None, steps: int | None = None):
+        """CSR-style self-improvement on the queue's unlabeled images (or the current image), in a worker."""
+        return self.train_panel.start_self_improve(rounds, steps)
+
     def cancel_finetune(self) -> None:
         self.train_panel.cancel()
 

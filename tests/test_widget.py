@@ -269,6 +269,58 @@ def test_finetune_failure_cancel_and_success(annotator, qtbot, monkeypatch):
     assert versions.active() is None and w.session.loaded.is_random
 
 
+def test_self_improve_on_the_current_image(annotator, qtbot, monkeypatch):
+    viewer, w = annotator
+    versions = w.session.versions
+    # Empty store: a clear one-line error, no task, no version.
+    assert w.self_improve(rounds=1, steps=2) is None
+    assert "corrected masks" in last_error(w) and "empty" in last_error(w)
+    assert versions.list() == []
+    assert "validation Dice" in w.train_panel.improve_button.toolTip()
+
+    image, gt = synthetic_nuclei((64, 64), n=5, seed=5)
+    for k in range(4):
+        w.session.store.add(np.roll(image, 8 * k, axis=1), np.roll(gt, 8 * k, axis=1), source=f"img{k}")
+    w.session.store_changed.emit()
+    layer = viewer.add_image(np.roll(image, 4, axis=0), name="unlabeled")
+    w.use_layer(layer)
+    seen = len(w.session.messages.history)
+    assert w.self_improve(rounds=1, steps=2) is not None
+    wait(qtbot, w, "train", timeout=180_000)
+    wait(qtbot, w)
+    errors = [text for level, text in w.session.messages.history[seen:] if level == "error"]
+    assert not errors, errors
+    infos = [text for level, text in w.session.messages.history[seen:] if level == "info"]
+    assert any("self-improvement" in text for text in infos), infos
+    assert "self-improvement" in w.train_panel.result.text()
+    active = versions.active()
+    if active is not None:  # a kept round becomes the active model
+        assert w.session.model_id == active.version
+    else:
+        assert versions.list() == [] and w.session.loaded.is_random
+    assert w.train_panel.improve_button.isEnabled()
+
+    # A kept round (forced here: the random micro model rarely gains in 2 steps) becomes the active version.
+    import napari_samsp.reward.improve as improve
+
+    real = improve.self_improve
+
+    def kept(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report.rounds[0].accepted = True
+        return report
+
+    monkeypatch.setattr(improve, "self_improve", kept)
+    n_before = len(versions.list())
+    assert w.self_improve(rounds=1, steps=2) is not None
+    wait(qtbot, w, "train", timeout=180_000)
+    wait(qtbot, w)
+    active = versions.active()
+    assert active is not None and len(versions.list()) == n_before + 1
+    assert w.session.model_id == active.version and not w.session.loaded.is_random
+    assert w.train_panel.versions_list.item(0).text().startswith("●")
+
+
 def test_queue_shortcuts_sample_data_reader_writer(annotator, qtbot, tmp_path):
     viewer, w = annotator
     from napari_samsp.io import write_png_atomic

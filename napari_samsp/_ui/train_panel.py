@@ -38,6 +38,22 @@ def _dice(metrics: dict | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+IMPROVE_TIP = (
+    "CSR-style: the model scores candidate masks on unlabeled images with its calibrated self-reward, "
+    "trains on the best (pseudo-labels + preference against a frozen copy), always mixed with your "
+    "corrected masks; a round that lowers validation Dice is undone."
+)
+
+
+def _load_version(info, device, cache_dir):
+    """Load a saved version and its predictor (in a worker thread)."""
+    from ..models.checkpoints import load_model
+    from ..predictor import EmbeddingCache, Predictor
+
+    new = load_model(str(version_weights(info.path)), device=device)
+    return new, Predictor(new.model, new.model_id, EmbeddingCache(cache_dir, max_memory_entries=8))
+
+
 class TrainPanel(QWidget):
     """Fine-tuning and model versions."""
 
@@ -65,6 +81,24 @@ class TrainPanel(QWidget):
         row.addWidget(self.start_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
+        irow = QHBoxLayout()
+        irow.addWidget(QLabel("Rounds"))
+        self.rounds = QSpinBox()
+        self.rounds.setRange(1, 20)
+        self.rounds.setValue(2)
+        self.rounds.setToolTip("At most this many self-improvement rounds (stops at the first that does not help)")
+        irow.addWidget(self.rounds)
+        irow.addWidget(QLabel("steps"))
+        self.improve_steps = QSpinBox()
+        self.improve_steps.setRange(1, 100_000)
+        self.improve_steps.setValue(50)
+        self.improve_steps.setToolTip("Optimizer steps per self-improvement round")
+        irow.addWidget(self.improve_steps)
+        self.improve_button = QPushButton("Self-improve on the queue")
+        self.improve_button.setToolTip(IMPROVE_TIP)
+        self.improve_button.clicked.connect(lambda: self.start_self_improve())
+        irow.addWidget(self.improve_button)
+        layout.addLayout(irow)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1)
         self.bar.setValue(0)
@@ -112,6 +146,7 @@ class TrainPanel(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
+        self.improve_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.use_button.setEnabled(not running)
         self.rollback_button.setEnabled(not running)
@@ -143,8 +178,6 @@ class TrainPanel(QWidget):
         def work(ctx):
             from ..finetune.job import default_finetune_config, run_finetune
             from ..finetune.loop import Callbacks
-            from ..models.checkpoints import load_model
-            from ..predictor import EmbeddingCache, Predictor
 
             base = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
             callbacks = Callbacks(
@@ -154,8 +187,7 @@ class TrainPanel(QWidget):
                 should_cancel=ctx.cancelled,
             )
             outcome = run_finetune(base, [data_dir], versions, default_finetune_config(n_steps), callbacks)
-            new = load_model(str(version_weights(outcome.version.path)), device=device)
-            predictor = Predictor(new.model, new.model_id, EmbeddingCache(cache_dir, max_memory_entries=8))
+            new, predictor = _load_version(outcome.version, device, cache_dir)
             return outcome, new, predictor
 
         def done(result):
@@ -167,14 +199,7 @@ class TrainPanel(QWidget):
             if before is not None and after is not None:
                 text = f"validation Dice {before:.3f} → {after:.3f}; " + text
             self.result.setText(text)
-
-            def install():
-                s.set_model(new, predictor)
-                s.messages.info(f"fine-tuning done: {text}")
-                if self.resegment is not None and s.workspace is not None:
-                    self.resegment()
-
-            s.tasks.when_idle("model", install)
+            self._install(new, predictor, f"fine-tuning done: {text}")
 
         def failed(exc):
             from ..finetune.loop import TrainingCancelled
@@ -199,8 +224,112 @@ class TrainPanel(QWidget):
             self._set_running(True)
         return task
 
+    def _install(self, new, predictor, message: str) -> None:
+        """Make a freshly trained version the session's model (once the model slot is free), re-segment."""
+        s = self.session
+
+        def install():
+            s.set_model(new, predictor)
+            s.messages.info(message)
+            if self.resegment is not None and s.workspace is not None:
+                self.resegment()
+
+        s.tasks.when_idle("model", install)
+
     def cancel(self) -> None:
         self.session.tasks.cancel("train")
+
+    # -- self-improvement ------------------------------------------------------------------
+    def _unlabeled(self) -> list:
+        """The queue's images not in the store yet, else the current image (plane) of the workspace."""
+        s = self.session
+        if s.queue is not None:
+            try:
+                sources = {str(e.source) for e in s.store.entries() if e.source} if s.store_count() else set()
+            except Exception:
+                sources = set()
+            return [p for p in s.queue.items if p not in s.queue.sent and str(p) not in sources]
+        ws = s.workspace
+        if ws is None or ws.image not in s.viewer.layers:
+            return []
+        return [ws.raw_plane(ws.current_z())]
+
+    def start_self_improve(self, rounds: int | None = None, steps: int | None = None):
+        """CSR-style self-improvement on the queue in a worker; returns the task or None (after telling why)."""
+        s = self.session
+        if rounds is not None:
+            self.rounds.setValue(int(rounds))
+        if steps is not None:
+            self.improve_steps.setValue(int(steps))
+        if s.loaded is None:
+            s.messages.error("no model loaded: load the model to improve first")
+            return None
+        versions = s.versions
+        if versions is None:
+            s.messages.error("self-improvement is not available in this installation (napari_samsp.finetune missing)")
+            return None
+        if s.store_count() == 0:
+            s.messages.error(
+                f"self-improvement needs corrected masks: the annotation store {s.store_dir} is empty; "
+                "correct a few images and send them first"
+            )
+            return None
+        unlabeled = self._unlabeled()
+        if not unlabeled:
+            s.messages.error("no unlabeled images to improve on: open a queue folder or an image first")
+            return None
+        loaded = s.loaded
+        data_dir = s.store_dir
+        device = s.device
+        cache_dir = s.cache_dir
+        n_rounds = int(self.rounds.value())
+        n_steps = int(self.improve_steps.value())
+
+        def work(ctx):
+            from ..reward.improve import ImproveConfig, self_improve
+
+            report = self_improve(
+                base=loaded, unlabeled=unlabeled, store_dirs=[data_dir], rounds=n_rounds,
+                config=ImproveConfig(steps=n_steps), progress=lambda stage, done, total: ctx.report(done, total),
+                should_cancel=ctx.cancelled,
+            )
+            if not report.improved:
+                return report, None, None
+            info = versions.add(report.model, report.card)
+            versions.activate(info.version)
+            new, predictor = _load_version(info, device, cache_dir)
+            return report, new, predictor
+
+        def done(result):
+            report, new, predictor = result
+            self._set_running(False)
+            self.result.setText(report.message)
+            if new is not None:
+                self._install(new, predictor, report.message)
+            else:
+                s.messages.info(report.message)
+            self.refresh_versions()
+
+        def failed(exc):
+            from ..finetune.loop import TrainingCancelled
+
+            self._set_running(False)
+            if isinstance(exc, TrainingCancelled):
+                s.messages.info("self-improvement cancelled: the active model is unchanged")
+                self.result.setText("cancelled; the active model is unchanged")
+            else:
+                s.messages.exception(exc, "self-improvement failed (the active model is unchanged)")
+                self.result.setText("failed; the active model is unchanged")
+            self.refresh_versions()
+
+        self.result.setText("")
+        self.bar.setRange(0, 0)
+        task = s.tasks.start("train", f"self-improvement ({n_rounds} round(s), {len(unlabeled)} unlabeled images)",
+                             work, on_done=done, on_error=failed)
+        if task is not None:
+            task.progress_listeners.append(self._on_progress)
+            self._set_running(True)
+        return task
 
     # -- versions ----------------------------------------------------------------------------
     def refresh_versions(self) -> None:
