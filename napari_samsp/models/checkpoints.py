@@ -44,6 +44,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import SamspError, WeightsError
+from ..io import fsync_dir
 from .build import MODEL_CONFIGS, SamConfig, build_model
 from .lora import LoRALinear, merge_lora
 from .sam_model import SamModel
@@ -598,20 +599,6 @@ def make_card(config: SamConfig, card: Mapping[str, Any] | None = None) -> dict[
         raise ValueError(f"model card is not JSON-serialisable: {exc}") from None
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; not possible (nor needed) on Windows.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _temp_beside(target: Path) -> Path:
     # Same directory, so os.replace is an atomic rename on the same filesystem.
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -677,7 +664,7 @@ def save_model(model: SamModel, path: str | os.PathLike[str], card: Mapping[str,
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
