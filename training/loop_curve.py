@@ -1,7 +1,7 @@
 """The loop itself: how much does fine-tuning on N annotated images of one data set help?
 
     python training/loop_curve.py                          # polyps, N = 10 30 100, base = default model
-    python training/loop_curve.py --data hc18_fetal_head_us --sizes 10 30 --steps 60
+    python training/loop_curve.py --data hc18_fetal_head_us --sizes 10 30 --steps 60 --runs runs/loop_curve_hc18
     python training/loop_curve.py --report                 # figure + table from the results
 
 For each N, a copy of the base model is fine-tuned with
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="polypgen_polyps")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100])
-    ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps (batch 4) for every N")
+    ap.add_argument("--steps", type=int, default=120, help="fine-tuning steps (batch 4) for every N")
     ap.add_argument("--select", type=int, default=40, help="val images the fine-tuning selects its best step on")
     ap.add_argument("--eval", type=int, default=60, help="held-out val images for the reported Dice")
     ap.add_argument("--base", help="base model file (default: the default model, see pick_base)")
