@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -51,15 +52,18 @@ def card_html(loaded) -> str:
         rows.append(("created", str(card["created"])))
     data = card.get("training_data") or []
     if data:
-        rows.append(("trained on", ", ".join(f"{d.get('name')} ({d.get('count')})" for d in data[:4])))
+        # One data set per line: a long comma-joined line would widen the whole dock.
+        rows.append(("trained on", "\n".join(f"{d.get('name')} ({d.get('count')})" for d in data[:4])))
     if card.get("steps"):
         rows.append(("steps", str(card["steps"])))
     metrics = card.get("metrics") or {}
     if metrics:
-        shown = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float))][:4]
-        rows.append(("metrics", ", ".join(f"{k} {v:.3f}" for k, v in shown)))
+        shown = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:4]
+        if shown:
+            rows.append(("metrics", "\n".join(f"{k} {v:g}" if float(v).is_integer() else f"{k} {v:.3f}" for k, v in shown)))
     body = "".join(
-        f"<tr><td style='color:#999;padding-right:6px'>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        f"<tr><td style='color:#999;padding-right:6px'>{html.escape(k)}</td>"
+        f"<td>{html.escape(str(v)).replace(chr(10), '<br>')}</td></tr>"
         for k, v in rows
     )
     warn = ""
@@ -81,6 +85,9 @@ class ModelPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
         self.source = QComboBox()
+        # Sized to a short minimum, not its longest entry, so the dock stays narrow.
+        self.source.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.source.setMinimumContentsLength(12)
         self.source.setToolTip("Which weights to load")
         self._fill_sources()
         self.source.currentIndexChanged.connect(self._on_source)
@@ -118,6 +125,8 @@ class ModelPanel(QWidget):
 
         self.card = QLabel("No model loaded.")
         self.card.setWordWrap(True)
+        # A long card line must wrap, not widen the dock (the scroll area has no horizontal bar).
+        self.card.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.card.setTextFormat(Qt.RichText)
         self.card.setTextInteractionFlags(Qt.TextSelectableByMouse)
         layout.addWidget(self.card)
