@@ -153,22 +153,29 @@ class TrainPanel(QWidget):
         self.use_button.setEnabled(not running)
         self.rollback_button.setEnabled(not running)
 
+    def _ready_to_train(self, action: str, store_hint: str):
+        """The project's versions when a model is loaded and the store has corrections; else None (user told why)."""
+        s = self.session
+        if s.loaded is None:
+            s.messages.error(f"no model loaded: load the model to {action} first")
+            return None
+        if s.versions is None:
+            s.messages.error(f"{action} is not available in this installation (napari_samsp.finetune missing)")
+            return None
+        if s.store_count() == 0:
+            s.messages.error(
+                f"{store_hint}the annotation store {s.store_dir} is empty: correct a few images and send them first"
+            )
+            return None
+        return s.versions
+
     def start_finetune(self, steps: int | None = None):
         """Start fine-tuning in a worker; returns the task or None (after telling the user why)."""
         s = self.session
         if steps is not None:
             self.steps.setValue(int(steps))
-        if s.loaded is None:
-            s.messages.error("no model loaded: load the model to fine-tune first")
-            return None
-        versions = s.versions
+        versions = self._ready_to_train("fine-tune", "")
         if versions is None:
-            s.messages.error("fine-tuning is not available in this installation (napari_samsp.finetune missing)")
-            return None
-        if s.store_count() == 0:
-            s.messages.error(
-                f"the annotation store {s.store_dir} is empty: correct a few images and send them first"
-            )
             return None
         loaded = s.loaded
         data_dir = s.store_dir
@@ -263,18 +270,8 @@ class TrainPanel(QWidget):
             self.rounds.setValue(int(rounds))
         if steps is not None:
             self.improve_steps.setValue(int(steps))
-        if s.loaded is None:
-            s.messages.error("no model loaded: load the model to improve first")
-            return None
-        versions = s.versions
+        versions = self._ready_to_train("improve", "self-improvement needs corrected masks: ")
         if versions is None:
-            s.messages.error("self-improvement is not available in this installation (napari_samsp.finetune missing)")
-            return None
-        if s.store_count() == 0:
-            s.messages.error(
-                f"self-improvement needs corrected masks: the annotation store {s.store_dir} is empty; "
-                "correct a few images and send them first"
-            )
             return None
         unlabeled = self._unlabeled()
         if not unlabeled:
