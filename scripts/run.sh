@@ -48,8 +48,8 @@ demo() {
   "$PY" scripts/demo.py --write-samples "$out/images"
   if [ -d "$SAMSP_DATA/dsb2018_nuclei/images" ]; then
     # A few real images too (copied into out/, never into the repository).
-    ls "$SAMSP_DATA"/dsb2018_nuclei/images/* | head -2 | xargs -I{} cp {} "$out/images/"
-    ls "$SAMSP_DATA"/hc18_fetal_head_us/images/* | head -1 | xargs -I{} cp {} "$out/images/"
+    local nuclei=("$SAMSP_DATA"/dsb2018_nuclei/images/*) heads=("$SAMSP_DATA"/hc18_fetal_head_us/images/*)
+    cp "${nuclei[@]:0:2}" "${heads[@]:0:1}" "$out/images/"
   fi
   echo "== headless: samsp segment =="
   "$VENV/bin/samsp" segment "$out/images" -o "$out/labels" --mode instance
