@@ -31,6 +31,7 @@ def run_viewer(screenshot: Path | None, timeout_s: float) -> int:
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-samsp demo")
+    viewer.window.resize(1400, 900)
     viewer.open_sample("napari-samsp", "nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-samsp", "SAM-SP annotator")
     widget.load_model("default")
