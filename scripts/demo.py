@@ -51,6 +51,7 @@ def run_viewer(screenshot: Path | None, timeout_s: float) -> int:
         if screenshot is not None:
             timer.stop()
             screenshot.parent.mkdir(parents=True, exist_ok=True)
+            viewer.reset_view()
             viewer.screenshot(str(screenshot), canvas_only=False)
             print(f"screenshot saved: {screenshot}")
             viewer.close()
