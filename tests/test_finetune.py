@@ -626,3 +626,32 @@ def test_finetune_model_on_samunet_base_keeps_the_base(tmp_path):
     assert hooks and all(h.__self__ is result.model for h in hooks)
     assert not any(isinstance(m, LoRALinear) for m in result.model.modules())  # merged
     assert result.after["dice"] >= result.before["dice"]
+
+
+def test_validate_does_not_reward_predicting_nothing_on_empty_truth(monkeypatch):
+    """Empty-truth images are reported as a false-positive rate, not averaged into Dice as 1s."""
+    import numpy as np
+    import torch
+
+    from napari_samsp.finetune import loop
+    from napari_samsp.finetune.data import Example
+    from napari_samsp.models import build_model
+    from napari_samsp.models.sam_sp import PassOutput
+
+    model = build_model("micro").eval()
+    s = model.img_size
+    low = model.config.low_res_size
+    full = np.ones((s, s), np.int32)
+    empty = np.zeros((s, s), np.int32)
+    image = np.zeros((s, s, 3), np.uint8)
+    examples = [Example(image, full, "d", "a"), Example(image, empty, "d", "b"), Example(image, empty, "d", "c")]
+
+    def predict_nothing(self, features, num_passes=None):
+        n = len(features)
+        return [PassOutput(torch.full((n, 1, low, low), -10.0), torch.zeros(n, 1))]
+
+    monkeypatch.setattr(loop.SamSP, "run_passes", predict_nothing)
+    metrics = loop.validate(model, examples, num_passes=1)
+    assert metrics["dice/d"] == 0.0  # the one image with foreground was missed entirely
+    assert metrics["empty_fp/d"] == 0.0
+    assert metrics["dice"] == 0.0

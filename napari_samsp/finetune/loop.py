@@ -135,11 +135,16 @@ def validate(model: SamModel, examples: Sequence[Example], num_passes: int, batc
     """Prompt-free Dice of the last self-prompting pass, per domain and mean over domains.
 
     Computed in the model's input frame over the unpadded area, on un-augmented images.
+    A domain's Dice averages the images whose ground truth has foreground: scoring
+    empty-truth images 1 for an empty prediction made "predict nothing" win model
+    selection on data with empty masks (polyps). Those images are reported apart,
+    as ``empty_fp/<domain>``: the fraction where the model predicted foreground.
     """
     was_training = model.training
     model.eval()
     sp = SamSP(model, num_passes=num_passes)
     per_domain: dict[str, list[float]] = {}
+    empty_fp: dict[str, list[float]] = {}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         images, labels, valid = collate([prepare_sample(ex, model.img_size) for ex in chunk])
@@ -150,11 +155,23 @@ def validate(model: SamModel, examples: Sequence[Example], num_passes: int, batc
         inter = (pred & gt).flatten(1).sum(1).float()
         denom = (pred.flatten(1).sum(1) + gt.flatten(1).sum(1)).float()
         dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(inter))
-        for ex, d in zip(chunk, dice.tolist()):
-            per_domain.setdefault(ex.domain, []).append(d)
+        has_gt = gt.flatten(1).any(1)
+        has_pred = pred.flatten(1).any(1)
+        for ex, d, g, p in zip(chunk, dice.tolist(), has_gt.tolist(), has_pred.tolist()):
+            if g:
+                per_domain.setdefault(ex.domain, []).append(d)
+            else:
+                empty_fp.setdefault(ex.domain, []).append(float(p))
     model.train(was_training)
-    metrics = {f"dice/{k}": float(np.mean(v)) for k, v in per_domain.items()}
-    metrics["dice"] = float(np.mean([metrics[f"dice/{k}"] for k in per_domain])) if per_domain else float("nan")
+    domains = sorted(set(per_domain) | set(empty_fp))
+    metrics: dict[str, float] = {}
+    for k in domains:
+        # A domain of only empty masks falls back to "1 when nothing is predicted".
+        scores = per_domain.get(k) or [1.0 - f for f in empty_fp[k]]
+        metrics[f"dice/{k}"] = float(np.mean(scores))
+        if k in empty_fp:
+            metrics[f"empty_fp/{k}"] = float(np.mean(empty_fp[k]))
+    metrics["dice"] = float(np.mean([metrics[f"dice/{k}"] for k in domains])) if domains else float("nan")
     return metrics
 
 
