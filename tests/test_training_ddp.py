@@ -89,6 +89,8 @@ report["early_stop"] = {"steps": gather(res.state.step), "stopped": gather(res.s
                         "checksums": gather(checksum(res.model))}
 if rank == 0:
     out.write_text(json.dumps(report))
+# Both ranks leave together: tearing gloo down while the peer is still busy aborts the process.
+dist.barrier()
 dist.destroy_process_group()
 """
 

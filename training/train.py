@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if history:
         history.close()
     if dist.is_initialized():
+        dist.barrier()  # rank 0 saves the model first; tear gloo down only when both are done
         dist.destroy_process_group()
     return 0
 
