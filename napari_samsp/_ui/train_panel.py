@@ -153,6 +153,23 @@ class TrainPanel(QWidget):
         self.use_button.setEnabled(not running)
         self.rollback_button.setEnabled(not running)
 
+    def _on_failure(self, action: str):
+        """Error handler for a training task: the active model is never touched, so say so."""
+
+        def failed(exc):
+            from ..finetune.loop import TrainingCancelled
+
+            self._set_running(False)
+            if isinstance(exc, TrainingCancelled):
+                self.session.messages.info(f"{action} cancelled: the active model is unchanged")
+                self.result.setText("cancelled; the active model is unchanged")
+            else:
+                self.session.messages.exception(exc, f"{action} failed (the active model is unchanged)")
+                self.result.setText("failed; the active model is unchanged")
+            self.refresh_versions()
+
+        return failed
+
     def _ready_to_train(self, action: str, store_hint: str):
         """The project's versions when a model is loaded and the store has corrections; else None (user told why)."""
         s = self.session
@@ -210,17 +227,7 @@ class TrainPanel(QWidget):
             self.result.setText(text)
             self._install(new, predictor, f"fine-tuning done: {text}")
 
-        def failed(exc):
-            from ..finetune.loop import TrainingCancelled
-
-            self._set_running(False)
-            if isinstance(exc, TrainingCancelled):
-                s.messages.info("fine-tuning cancelled: the active model is unchanged")
-                self.result.setText("cancelled; the active model is unchanged")
-            else:
-                s.messages.exception(exc, "fine-tuning failed (the active model is unchanged)")
-                self.result.setText("failed; the active model is unchanged")
-            self.refresh_versions()
+        failed = self._on_failure("fine-tuning")
 
         self.plot.clear()
         self.result.setText("")
@@ -309,17 +316,7 @@ class TrainPanel(QWidget):
                 s.messages.info(report.message)
             self.refresh_versions()
 
-        def failed(exc):
-            from ..finetune.loop import TrainingCancelled
-
-            self._set_running(False)
-            if isinstance(exc, TrainingCancelled):
-                s.messages.info("self-improvement cancelled: the active model is unchanged")
-                self.result.setText("cancelled; the active model is unchanged")
-            else:
-                s.messages.exception(exc, "self-improvement failed (the active model is unchanged)")
-                self.result.setText("failed; the active model is unchanged")
-            self.refresh_versions()
+        failed = self._on_failure("self-improvement")
 
         self.result.setText("")
         self.bar.setRange(0, 0)
