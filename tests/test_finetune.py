@@ -655,3 +655,38 @@ def test_validate_does_not_reward_predicting_nothing_on_empty_truth(monkeypatch)
     assert metrics["dice/d"] == 0.0  # the one image with foreground was missed entirely
     assert metrics["empty_fp/d"] == 0.0
     assert metrics["dice"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+# ---------------------------------------------------------------------------------------------
+def test_balanced_sampler_domain_weights_tilt_the_draws():
+    from napari_samsp.finetune.data import BalancedSampler
+
+    examples = disc_examples(2, domain="small") + disc_examples(30, seed=1, domain="large")
+    balanced = BalancedSampler(examples, seed=0)
+    counts = {"small": 0, "large": 0}
+    for _ in range(2000):
+        counts[balanced.draw().domain] += 1
+    # equal per domain whatever the domain's size
+    assert abs(counts["small"] - 1000) < 120
+    tilted = BalancedSampler(examples, seed=0, domain_weights={"small": 3.0})
+    counts = {"small": 0, "large": 0}
+    for _ in range(2000):
+        counts[tilted.draw().domain] += 1
+    assert abs(counts["small"] - 1500) < 120
+
+
+def test_balanced_sampler_rejects_unknown_or_bad_weights():
+    from napari_samsp.finetune.data import BalancedSampler
+
+    examples = disc_examples(3)
+    with pytest.raises(ValueError, match="unknown domains"):
+        BalancedSampler(examples, domain_weights={"polyps_typo": 2.0})
+    with pytest.raises(ValueError, match="not all zero"):
+        BalancedSampler(examples, domain_weights={"discs": 0.0})
+
+
+def test_default_finetune_config_does_not_down_weight_foreground():
+    # alpha 0.25 drove fine-tuning on small objects to empty masks (docs/BENCHMARKS.md, the loop)
+    assert default_finetune_config(10).objective.focal_alpha < 0

@@ -90,7 +90,8 @@ class Segmenter(Protocol):
 class SamSegmenter:
     """Our model through ``Predictor`` + ``autoseg.segment_image`` (what ``samsp segment`` runs)."""
 
-    def __init__(self, model, model_id: str, num_passes: int = 2, name: str = "sam", click_box: str = "none") -> None:
+    def __init__(self, model, model_id: str, num_passes: int = 2, name: str = "sam", click_box: str = "none",
+                 refine_instances: bool = True) -> None:
         from napari_samsp.predictor import EmbeddingCache, Predictor
 
         if click_box not in ("none", "image"):
@@ -99,13 +100,15 @@ class SamSegmenter:
         self.name = name
         self.supports_clicks = True
         self.num_passes = int(num_passes)
+        self.refine_instances = bool(refine_instances)
         # memory-only cache: every image is encoded (timings include the encoder)
         self.predictor = Predictor(model.eval(), model_id, cache=EmbeddingCache(None, max_memory_entries=2))
 
     def segment(self, image: np.ndarray, mode: str) -> np.ndarray:
         from napari_samsp.autoseg import segment_image
 
-        return segment_image(self.predictor, image, mode=mode, num_passes=self.num_passes).labels
+        return segment_image(self.predictor, image, mode=mode, num_passes=self.num_passes,
+                             refine_instances=self.refine_instances).labels
 
     def click_predictor(self, image: np.ndarray) -> Callable:
         self.predictor.set_image(image)
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-clicks", type=int, default=20)
     ap.add_argument("--click-box", choices=("none", "image"), default="none",
                     help="NoC clicks alone (as the plugin sends them) or with the whole-image box (as training presents them)")
+    ap.add_argument("--no-refine", action="store_true",
+                    help="instance mode without the per-object box + point re-decode (watershed objects as they are)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the JSON here (also printed)")
     ap.add_argument("--markdown", action="store_true", help="also print a table for docs/BENCHMARKS.md")
@@ -307,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {args.model} is randomly initialised", file=sys.stderr)
         model, model_id, card, source = lm.model, lm.model_id, dict(lm.card), lm.source
     num_passes = args.num_passes or int(card.get("num_passes", 2))
-    seg = SamSegmenter(model, model_id, num_passes, name=source, click_box=args.click_box)
+    seg = SamSegmenter(model, model_id, num_passes, name=source, click_box=args.click_box,
+                       refine_instances=not args.no_refine)
     res = evaluate(seg, args.data, args.limit, args.mode, str(card.get("mode", "semantic")), args.noc_objects,
                    args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True))
+    res["settings"]["refine_instances"] = not args.no_refine
     res["model"] = {"source": source, "model_id": model_id, "num_passes": num_passes,
                     "config": getattr(model, "config", None) and model.config.name,
                     "parameters": int(sum(p.numel() for p in model.parameters())),

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=float(cfg.get("weight_decay", TrainConfig.weight_decay)),
         grad_clip=float(cfg.get("grad_clip", TrainConfig.grad_clip)),
         amp=bool(cfg.get("amp", TrainConfig.amp)),
+        domain_weights=cfg.get("domain_weights"),
     )
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:

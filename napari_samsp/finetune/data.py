@@ -152,19 +152,37 @@ def prepare_sample(
 
 
 class BalancedSampler:
-    """Draws examples so every domain is equally likely, whatever its size."""
+    """Draws examples so every domain is equally likely, whatever its size.
 
-    def __init__(self, examples: Sequence[Example], seed: int = 0) -> None:
+    ``domain_weights`` (name -> relative weight, default 1) tilts the balance, e.g.
+    towards a domain the model has not learnt yet; unknown names are an error so a
+    typo in a recipe does not silently train on the default balance.
+    """
+
+    def __init__(
+        self, examples: Sequence[Example], seed: int = 0, domain_weights: dict[str, float] | None = None
+    ) -> None:
         if not examples:
             raise DataLayoutError("no training examples")
         self.by_domain: dict[str, list[Example]] = {}
         for ex in examples:
             self.by_domain.setdefault(ex.domain, []).append(ex)
         self.domains = sorted(self.by_domain)
+        weights = dict(domain_weights or {})
+        unknown = sorted(set(weights) - set(self.domains))
+        if unknown:
+            raise ValueError(f"domain_weights names unknown domains {unknown}; known: {self.domains}")
+        self.weights = [float(weights.get(d, 1.0)) for d in self.domains]
+        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError(f"domain_weights must be >= 0 and not all zero, got {weights}")
         self.rng = random.Random(seed)
 
     def draw(self) -> Example:
-        return self.rng.choice(self.by_domain[self.rng.choice(self.domains)])
+        if len(set(self.weights)) == 1:  # balanced: the same draws as before weights existed
+            domain = self.rng.choice(self.domains)
+        else:
+            domain = self.rng.choices(self.domains, weights=self.weights)[0]
+        return self.rng.choice(self.by_domain[domain])
 
 
 def collate(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

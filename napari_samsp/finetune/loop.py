@@ -64,6 +64,7 @@ class TrainConfig:
     # Validate the starting weights too, so the returned model is never worse on
     # the validation split than the one fine-tuning started from.
     validate_at_start: bool = False
+    domain_weights: dict[str, float] | None = None  # sampling weight per domain (default: balanced)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -236,7 +237,7 @@ def train(
         s = ckpt["state"]
         state = TrainState(s["step"], s["best_val"], s["best_step"], list(s["history"]))
         log.info("resumed from %s at step %d", checkpoint_path, state.step)
-    sampler = BalancedSampler(train_examples, seed=cfg.seed * 1000 + rank + state.step)
+    sampler = BalancedSampler(train_examples, seed=cfg.seed * 1000 + rank + state.step, domain_weights=cfg.domain_weights)
     rng = random.Random(cfg.seed * 7919 + rank + state.step)
     cache_features = encoder_is_frozen(model)
     feature_cache: dict[tuple[int, int], object] = {}
