@@ -249,6 +249,22 @@ def _refine_instances(
     return owner, obj_scores
 
 
+def card_segment_options(card: dict | None) -> dict:
+    """Keyword arguments for :func:`segment` that a model card fixes for its model.
+
+    ``num_passes``: the self-prompting passes the model was trained with.
+    ``refine_instances``: False for a model whose prompted path does worse than
+    its watershed objects (the card of such a model says so; default True).
+    """
+    card = card or {}
+    opts: dict = {}
+    if card.get("num_passes"):
+        opts["num_passes"] = int(card["num_passes"])
+    if "refine_instances" in card:
+        opts["refine_instances"] = bool(card["refine_instances"])
+    return opts
+
+
 def segment(
     predictor: Predictor,
     image: np.ndarray | None = None,

@@ -62,7 +62,7 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _segment_one(predictor, image, mode: str, num_passes: int):
+def _segment_one(predictor, image, mode: str, options: dict):
     import numpy as np
 
     from .autoseg import segment_image, segment_stack
@@ -70,8 +70,8 @@ def _segment_one(predictor, image, mode: str, num_passes: int):
 
     planes, is_stack = split_planes(image)
     if is_stack:
-        return segment_stack(predictor, image, mode=mode, num_passes=num_passes), True
-    return segment_image(predictor, image, mode=mode, num_passes=num_passes).labels.astype(np.uint16), False
+        return segment_stack(predictor, image, mode=mode, **options), True
+    return segment_image(predictor, image, mode=mode, **options).labels.astype(np.uint16), False
 
 
 def _check_input(path: Path, image) -> None:
@@ -92,6 +92,7 @@ def _check_input(path: Path, image) -> None:
 
 
 def cmd_segment(args) -> int:
+    from .autoseg import card_segment_options
     from .io import find_images, read_image, write_png_atomic, write_tiff_atomic
     from .predictor import EmbeddingCache, Predictor
 
@@ -106,12 +107,14 @@ def cmd_segment(args) -> int:
         images.append(img)
     loaded = _load(args)
     mode = args.mode or loaded.card.get("mode", "semantic")
-    num_passes = args.passes or int(loaded.card.get("num_passes", 2))
+    options = card_segment_options(loaded.card)
+    if args.passes:
+        options["num_passes"] = args.passes
     predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache(None))
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     for i, (path, img) in enumerate(zip(paths, images), 1):
-        labels, is_stack = _segment_one(predictor, img, mode, num_passes)
+        labels, is_stack = _segment_one(predictor, img, mode, options)
         if is_stack:
             out = write_tiff_atomic(outdir / f"{path.stem}.tif", labels)
         else:

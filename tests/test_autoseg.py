@@ -421,3 +421,11 @@ def test_stack_of_float_planes_is_normalised_jointly(micro_model):
     assert out.shape == (2, 30, 40)
     seg2d = segment_stack(p, stack[0], mode="semantic")
     assert seg2d.shape == (1, 30, 40)
+
+
+def test_card_segment_options():
+    from napari_samsp.autoseg import card_segment_options
+
+    assert card_segment_options(None) == {}
+    assert card_segment_options({"num_passes": 3, "mode": "instance"}) == {"num_passes": 3}
+    assert card_segment_options({"num_passes": 2, "refine_instances": False}) == {"num_passes": 2, "refine_instances": False}

@@ -348,3 +348,25 @@ def test_segment_and_evaluate_real_images(tmp_path, capsys, data_root):
     assert report["n"] == 6 and report["missing"] == []
     for key in ("dice", "iou", "instance_f1"):
         assert isinstance(report[key], float) and 0.0 <= report[key] <= 1.0, (key, report[key])
+
+
+def test_segment_follows_the_cards_refine_instances(tmp_path, capsys, monkeypatch):
+    """A card that turns per-object re-decoding off is obeyed by `samsp segment`."""
+    import napari_samsp.autoseg as autoseg
+
+    write_inputs(tmp_path / "in")
+    torch.manual_seed(0)
+    weights = tmp_path / "m.safetensors"
+    save_model(build_model("micro"), weights, {"num_passes": 1, "refine_instances": False})
+    seen = []
+    real = autoseg.segment
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("num_passes"), kwargs.get("refine_instances")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(autoseg, "segment", spy)
+    code, _, err = run(capsys, "segment", tmp_path / "in", "-o", tmp_path / "out", "--model", weights,
+                       "--mode", "instance", "--threads", "1")
+    assert code == 0, err
+    assert seen and all(s == (1, False) for s in seen)

@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--click-box", choices=("none", "image"), default="none",
                     help="NoC clicks alone (as the plugin sends them) or with the whole-image box (as training presents them)")
     ap.add_argument("--no-refine", action="store_true",
-                    help="instance mode without the per-object box + point re-decode (watershed objects as they are)")
+                    help="instance mode without the per-object box + point re-decode (watershed objects as they are); "
+                         "a card with refine_instances false implies it")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the JSON here (also printed)")
     ap.add_argument("--markdown", action="store_true", help="also print a table for docs/BENCHMARKS.md")
@@ -311,12 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         if lm.is_random:
             print(f"warning: {args.model} is randomly initialised", file=sys.stderr)
         model, model_id, card, source = lm.model, lm.model_id, dict(lm.card), lm.source
+    from napari_samsp.autoseg import card_segment_options
+
     num_passes = args.num_passes or int(card.get("num_passes", 2))
+    refine = card_segment_options(card).get("refine_instances", True) and not args.no_refine
     seg = SamSegmenter(model, model_id, num_passes, name=source, click_box=args.click_box,
-                       refine_instances=not args.no_refine)
+                       refine_instances=refine)
     res = evaluate(seg, args.data, args.limit, args.mode, str(card.get("mode", "semantic")), args.noc_objects,
                    args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True))
-    res["settings"]["refine_instances"] = not args.no_refine
+    res["settings"]["refine_instances"] = refine
     res["model"] = {"source": source, "model_id": model_id, "num_passes": num_passes,
                     "config": getattr(model, "config", None) and model.config.name,
                     "parameters": int(sum(p.numel() for p in model.parameters())),

@@ -165,10 +165,10 @@ class SegmentPanel(QWidget):
 
     # -- segmentation ------------------------------------------------------------------
     def _kwargs(self) -> dict:
-        kw = {}
-        if self.session.num_passes:
-            kw["num_passes"] = self.session.num_passes
-        return kw
+        from ..autoseg import card_segment_options
+
+        loaded = self.session.loaded
+        return card_segment_options(None if loaded is None else loaded.card)
 
     def segment_current(self):
         """Auto-segment the current image (or slice of a stack) in a worker; returns the task or None."""
