@@ -20,6 +20,8 @@ nuclei (``kind`` "fluo", bright on dark) and H&E-stained histology nuclei
    + ``autoseg.segment_image``, instance mode) on every stained *val* image, and on
    ``--fluo-eval`` fluorescence val images to see what fine-tuning costs on the
    modality the base knew (forgetting).
+4. **Reference**: the embedded default model (trained on every kind, ``--reference``)
+   on the same images, i.e. one joint model against the fluorescence specialist.
 
 Results: ``runs/new_modality/`` (``base/``, ``n<N>/results.json``, ``table.md``);
 figure ``docs/figures/new_modality.png``.
@@ -140,6 +142,17 @@ def run(args, log) -> None:
         base_res = {"model_id": base.model_id, "new": new, "old": old}
         res_file.write_text(json.dumps(base_res, indent=2))
 
+    # Reference, not part of the loop: the embedded default model, trained on every kind
+    # (stained included), on the same images: is one joint model worse than a specialist?
+    ref_file = out / "default_eval.json"
+    if args.reference and not ref_file.is_file():
+        ref = load_model(args.reference, device="cpu")
+        log(f"reference {ref.source} on {args.new_kind} val / {args.base_kind} val:")
+        ref_res = {"model_id": ref.model_id, "source": ref.source,
+                   "new": evaluate_on(ref.model, ref.model_id, int(ref.card.get("num_passes", 2)), eval_new, log),
+                   "old": evaluate_on(ref.model, ref.model_id, int(ref.card.get("num_passes", 2)), eval_old, log)}
+        ref_file.write_text(json.dumps(ref_res, indent=2))
+
     for n in args.sizes:
         res_file = out / f"n{n}" / "results.json"
         if res_file.is_file():
@@ -202,6 +215,11 @@ def report(out: Path, new_kind: str, base_kind: str) -> str:
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURES / "new_modality.png", dpi=110)
     plt.close(fig)
+    ref_file = out / "default_eval.json"
+    if ref_file.is_file():
+        ref = json.loads(ref_file.read_text())
+        lines.append(f"| reference: embedded default model (trained on every kind) | - | - | {ref['new']['dice']:.3f} ± {se(ref['new']):.3f} "
+                     f"| - | {ref['new']['f1']:.3f} | {ref['old']['dice']:.3f} (F1 {ref['old']['f1']:.3f}; base F1 {base['old']['f1']:.3f}) |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     return table
@@ -219,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps (batch 4) for every N")
     ap.add_argument("--select", type=int, default=16, help="new-kind train images the fine-tuning selects on")
     ap.add_argument("--fluo-eval", type=int, default=30, help="base-kind val images for the forgetting check")
+    ap.add_argument("--reference", default="default",
+                    help="also evaluate this model (trained on both kinds) on the same images; '' to skip")
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "new_modality")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
