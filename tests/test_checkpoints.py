@@ -410,6 +410,8 @@ def test_load_model_default_absent_and_present(micro_model, tmp_path, monkeypatc
     ckpt.save_model(micro_model, tmp_path / "default.safetensors", {"version": "v1"})
     present = ckpt.load_model()
     assert not present.is_random and present.model_id == "v1" and present.model.config.name == "micro"
+    by_name = ckpt.load_model("default")  # the name `samsp models` lists
+    assert by_name.model_id == "v1" and by_name.source == present.source
 
 
 def test_random_models_are_deterministic_and_leave_rng_alone():

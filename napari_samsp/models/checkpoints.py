@@ -768,7 +768,7 @@ def load_model(
     """The one way the CLI and the plugin get a model.
 
     Args:
-        name_or_path: None for the bundled default (a random ``tiny`` model, flagged
+        name_or_path: None or ``"default"`` for the bundled default (a random ``tiny`` model, flagged
             ``is_random``, while none ships); a built-in config name (our small
             configs build randomly; official ones need their file); or a file:
             ``.safetensors`` (ours), official SAM ``.pth``, or a SAM-UNet training
@@ -783,6 +783,8 @@ def load_model(
         ``random-<config>-seed0`` for random models.
     """
     dev = resolve_device(device)
+    if name_or_path == "default" and not Path("default").exists():
+        name_or_path = None  # the name `samsp models` lists for the embedded weights
     if name_or_path is None:
         default = DEFAULT_WEIGHTS
         if default.is_file():
