@@ -29,6 +29,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -133,15 +134,18 @@ def run(args, log) -> dict:
         base_res = {"model_id": base.model_id, "source": base.source, **dice_on(base.model, base.model_id, num_passes, eval_pairs, log)}
         base_file.write_text(json.dumps(base_res, indent=2))
     results = {"base": base_res, "sizes": {}}
+    cfg_lr = args.lr or default_finetune_config(args.steps).lr
     for n in args.sizes:
         res_file = out / f"n{n}" / "results.json"
         if res_file.exists():
             r = json.loads(res_file.read_text())
-            if r.get("base_model_id") == base.model_id and r.get("steps") == args.steps:
+            if r.get("base_model_id") == base.model_id and r.get("steps") == args.steps and r.get("lr", default_finetune_config(args.steps).lr) == cfg_lr:
                 results["sizes"][n] = r
                 continue
         folder = make_subset_folder(root, [p.stem for p in tr[:n]], [p.stem for p in select], out / f"n{n}" / "data")
         cfg = default_finetune_config(args.steps)
+        if args.lr:
+            cfg = dataclasses.replace(cfg, lr=args.lr)
         torch.manual_seed(0)
         t0 = time.time()
 
@@ -153,7 +157,7 @@ def run(args, log) -> dict:
         log(f"N={n}: fine-tuned in {secs:.0f}s (selection Dice {ft.before['dice']:.4f} -> {ft.after['dice']:.4f}, "
             f"best step {ft.card['metrics']['best_step']})")
         ev = dice_on(ft.model, f"{base.model_id}-ft{n}", num_passes, eval_pairs, log)
-        r = {"n": n, "steps": args.steps, "base_model_id": base.model_id, "finetune_seconds": secs,
+        r = {"n": n, "steps": args.steps, "lr": cfg.lr, "base_model_id": base.model_id, "finetune_seconds": secs,
              "selection_before": ft.before, "selection_after": ft.after, "best_step": ft.card["metrics"]["best_step"],
              "eval": ev}
         res_file.write_text(json.dumps(r, indent=2))
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=120, help="fine-tuning steps (batch 4) for every N")
     ap.add_argument("--select", type=int, default=40, help="val images the fine-tuning selects its best step on")
     ap.add_argument("--eval", type=int, default=60, help="held-out val images for the reported Dice")
+    ap.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the plugin's)")
     ap.add_argument("--base", help="base model file (default: the default model, see pick_base)")
     ap.add_argument("--runs", type=Path, default=None)
     ap.add_argument("--report", action="store_true")
