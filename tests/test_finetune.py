@@ -690,3 +690,22 @@ def test_balanced_sampler_rejects_unknown_or_bad_weights():
 def test_default_finetune_config_does_not_down_weight_foreground():
     # alpha 0.25 drove fine-tuning on small objects to empty masks (docs/BENCHMARKS.md, the loop)
     assert default_finetune_config(10).objective.focal_alpha < 0
+
+
+@pytest.mark.parametrize("gain,kept", [(0.004, True), (0.02, False)])
+def test_min_gain_keeps_the_starting_weights_unless_clearly_beaten(monkeypatch, gain, kept):
+    from napari_samsp.finetune import loop as loop_module
+
+    scores = iter([0.5, 0.5 + gain / 2, 0.5 + gain])  # start, step 2, step 4
+    monkeypatch.setattr(loop_module, "validate", lambda *a, **k: {"dice": next(scores)})
+    model = micro()
+    start = snapshot(model)
+    cfg = small_config(steps=4, val_every=2, validate_at_start=True, min_gain=0.01,
+                       objective=ObjectiveConfig(num_passes=1, prompts_per_image=0))
+    result = loop_module.train(model, disc_examples(2), disc_examples(1, seed=5), cfg)
+    assert [h["step"] for h in result.state.history] == [0, 2, 4]
+    if kept:
+        assert result.state.best_step == 0 and same_weights(start, snapshot(result.model))
+    else:
+        assert result.state.best_step == 4 and not same_weights(start, snapshot(result.model))
+    assert default_finetune_config(10).min_gain > 0

@@ -64,6 +64,10 @@ class TrainConfig:
     # Validate the starting weights too, so the returned model is never worse on
     # the validation split than the one fine-tuning started from.
     validate_at_start: bool = False
+    # With validate_at_start: a trained step replaces the starting weights only when
+    # its validation Dice is higher by more than this. Small validation sets are
+    # noisy, and swapping a working model for a "better by 0.001" one is a coin toss.
+    min_gain: float = 0.0
     domain_weights: dict[str, float] | None = None  # sampling weight per domain (default: balanced)
 
     def to_dict(self) -> dict:
@@ -301,7 +305,8 @@ def train(
             state.history.append({"step": state.step, "time": time.time() - t0, **metrics, "loss": values["total"]})
             if cb.on_val:
                 cb.on_val(state.step, metrics)
-            if metrics["dice"] > state.best_val:
+            margin = cfg.min_gain if (cfg.validate_at_start and state.best_step == 0) else 0.0
+            if metrics["dice"] > state.best_val + margin:
                 state.best_val, state.best_step = metrics["dice"], state.step
                 best = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 validations_without_gain = 0
