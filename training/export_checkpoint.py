@@ -1,0 +1,65 @@
+"""Write a training checkpoint's weights as a model file (safetensors + card), e.g. to ship it.
+
+    python training/export_checkpoint.py runs/prompt_tune/checkpoint.pt --weights model \
+        --card-from napari_samsp/weights/default.safetensors --set refine_instances=false \
+        --note "..." -o runs/prompt_tune/final.safetensors
+
+``training/train.py`` saves the *best-validated* weights as ``model.safetensors``; its
+validation is prompt-free only, so a stage that trains the prompted path (clicks) is
+better judged by its final weights (``--weights model``) and by ``evaluate_model.py``.
+The card starts from ``--card-from`` (the parent's card: mode, passes, licence note),
+records the checkpoint, the run's recipe and the parent version, and gets a new version.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from evaluate_model import load_checkpoint  # noqa: E402
+from train import parse_value  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    from napari_samsp.models.checkpoints import read_card, save_model
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--weights", choices=("best", "model"), default="model")
+    ap.add_argument("--config-name", default=None, help="architecture (default: the run's config.json, else samunet_tiny)")
+    ap.add_argument("--card-from", type=Path, help="a model file whose card is the starting point (the parent)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="card fields (JSON values)")
+    ap.add_argument("--note", default=None, help="free text stored as the card's 'note'")
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+
+    run_cfg_file = args.checkpoint.parent / "config.json"
+    run_cfg = json.loads(run_cfg_file.read_text()) if run_cfg_file.is_file() else {}
+    config_name = args.config_name or run_cfg.get("config", {}).get("model", "samunet_tiny")
+    loaded = load_checkpoint(args.checkpoint, config_name, args.weights)
+    parent = read_card(args.card_from) if args.card_from else {}
+    card = {k: v for k, v in parent.items() if k not in ("version", "created", "metrics", "steps", "train_seconds", "note")}
+    card.update(loaded.card)
+    card["parent"] = parent.get("version")
+    card["steps"] = int(parent.get("steps") or 0) + int(loaded.card["checkpoint"].get("step") or 0)
+    card["recipe"] = {"parent_recipe": parent.get("recipe"), "stage": run_cfg.get("config")}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        card[key] = parse_value(value)
+    if args.note:
+        card["note"] = args.note
+    out = save_model(loaded.model, args.out, card)
+    print(f"wrote {out} (version {read_card(out)['version']}, parent {card['parent']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
