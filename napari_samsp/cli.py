@@ -150,6 +150,9 @@ def cmd_finetune(args) -> int:
     out = save_model(result.model, args.output, result.card)
     print(f"saved {out}")
     print(f"validation Dice: before {result.before['dice']:.4f}, after {result.after['dice']:.4f}")
+    if result.kept_base:
+        print(f"no training step beat the base model by {cfg.min_gain} Dice on validation: "
+              f"{out.name} has the base's weights")
     print(f"final validation Dice: {result.after['dice']:.4f}")
     return 0
 

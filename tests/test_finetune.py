@@ -709,3 +709,24 @@ def test_min_gain_keeps_the_starting_weights_unless_clearly_beaten(monkeypatch, 
     else:
         assert result.state.best_step == 4 and not same_weights(start, snapshot(result.model))
     assert default_finetune_config(10).min_gain > 0
+
+
+@pytest.mark.parametrize("gain,kept", [(0.0, True), (0.3, False)])
+def test_finetune_model_reports_when_it_kept_the_base(tmp_path, monkeypatch, gain, kept):
+    from napari_samsp.finetune import loop as loop_module
+    from napari_samsp.finetune.job import finetune_model
+
+    calls = {"n": 0}
+
+    def scripted(*args, **kwargs):  # the base's validation first, then every trained step's
+        calls["n"] += 1
+        return {"dice": 0.5 if calls["n"] <= 2 else 0.5 + gain}
+
+    monkeypatch.setattr(loop_module, "validate", scripted)
+    monkeypatch.setattr(job_module, "validate", scripted)
+    data = write_disc_layout(tmp_path / "data", n=4)
+    base = load_model("micro", device="cpu")
+    cfg = dataclasses.replace(job_config(4), val_every=2)
+    result = finetune_model(base, [data], cfg)
+    assert result.kept_base is kept and result.card["metrics"]["kept_base"] is kept
+    assert same_weights(snapshot(base.model), snapshot(result.model)) is kept

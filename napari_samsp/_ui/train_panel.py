@@ -222,6 +222,8 @@ class TrainPanel(QWidget):
             self.last_outcome = outcome
             before, after = _dice(outcome.before), _dice(outcome.after)
             text = f"new version {outcome.version.path.stem} is active"
+            if outcome.kept_base:
+                text += " (no step beat the previous model on validation: same weights)"
             if before is not None and after is not None:
                 text = f"validation Dice {before:.3f} → {after:.3f}; " + text
             self.result.setText(text)

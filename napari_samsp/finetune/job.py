@@ -60,6 +60,7 @@ class FineTuneResult:
     card: dict
     before: dict[str, float]
     after: dict[str, float]
+    kept_base: bool = False  # no trained step beat the base by ``min_gain``: the weights are the base's
 
 
 @dataclass
@@ -67,6 +68,7 @@ class FineTuneOutcome:
     version: VersionInfo
     before: dict[str, float]
     after: dict[str, float]
+    kept_base: bool = False
 
 
 def load_training_data(data_dirs: Sequence[str | Path], val_fraction: float = 0.2, max_side: int = 512):
@@ -119,7 +121,9 @@ def finetune_model(
         "metrics": {"before": before, "after": after, "best_step": result.state.best_step},
         "finetune": {"trainable": list(cfg.trainable), "lr": cfg.lr, "batch_size": cfg.batch_size},
     }
-    return FineTuneResult(result.model.eval(), card, before, after)
+    kept = bool(cfg.validate_at_start and result.state.best_step == 0)
+    card["metrics"]["kept_base"] = kept
+    return FineTuneResult(result.model.eval(), card, before, after, kept)
 
 
 def run_finetune(
@@ -133,4 +137,4 @@ def run_finetune(
     result = finetune_model(base, data_dirs, config, callbacks)
     info = versions.add(result.model, result.card)
     versions.activate(info.version)
-    return FineTuneOutcome(info, result.before, result.after)
+    return FineTuneOutcome(info, result.before, result.after, result.kept_base)
