@@ -354,8 +354,8 @@ class TrainPanel(QWidget):
             item.setData(Qt.UserRole, info.version)
             self.versions_list.addItem(item)
 
-    def activate(self, version: str | None):
-        """Activate ``version`` (None: the base model) and load it."""
+    def _switch_version(self, change, what: str):
+        """Run ``change(versions) -> VersionInfo | None`` unless the model is busy, then load the result."""
         s = self.session
         versions = s.versions
         if versions is None:
@@ -364,11 +364,15 @@ class TrainPanel(QWidget):
             s.messages.info(f"busy: {s.tasks.describe('model')}")
             return None
         try:
-            info = versions.activate(version)
+            info = change(versions)
         except Exception as exc:
-            s.messages.exception(exc, "activating the version")
+            s.messages.exception(exc, what)
             return None
         return self._load_info(info)
+
+    def activate(self, version: str | None):
+        """Activate ``version`` (None: the base model) and load it."""
+        return self._switch_version(lambda versions: versions.activate(version), "activating the version")
 
     def activate_selected(self):
         item = self.versions_list.currentItem()
@@ -380,19 +384,7 @@ class TrainPanel(QWidget):
 
     def rollback(self):
         """Re-activate the previously active version (or the base model) and load it."""
-        s = self.session
-        versions = s.versions
-        if versions is None:
-            return None
-        if s.tasks.busy("model"):
-            s.messages.info(f"busy: {s.tasks.describe('model')}")
-            return None
-        try:
-            info = versions.rollback()
-        except Exception as exc:
-            s.messages.exception(exc, "rollback")
-            return None
-        return self._load_info(info)
+        return self._switch_version(lambda versions: versions.rollback(), "rollback")
 
     def _load_info(self, info):
         s = self.session
