@@ -783,8 +783,8 @@ def load_model(
         ``random-<config>-seed0`` for random models.
     """
     dev = resolve_device(device)
-    if name_or_path == "default" and not Path("default").exists():
-        name_or_path = None  # the name `samsp models` lists for the embedded weights
+    if name_or_path == "default":
+        name_or_path = None  # the name `samsp models` lists for the embedded weights (wins over a file, like config names)
     if name_or_path is None:
         default = DEFAULT_WEIGHTS
         if default.is_file():
