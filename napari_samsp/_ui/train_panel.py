@@ -54,6 +54,14 @@ def _load_version(info, device, cache_dir):
     return new, Predictor(new.model, new.model_id, EmbeddingCache(cache_dir, max_memory_entries=8))
 
 
+def _spin_box(low: int, high: int, value: int, tooltip: str) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setValue(value)
+    box.setToolTip(tooltip)
+    return box
+
+
 class TrainPanel(QWidget):
     """Fine-tuning and model versions."""
 
@@ -66,10 +74,7 @@ class TrainPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         row.addWidget(QLabel("Steps"))
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(300)
-        self.steps.setToolTip("Optimizer steps (batch of 4); ~300 adapt the small models in minutes on a CPU")
+        self.steps = _spin_box(1, 100_000, 300, "Optimizer steps (batch of 4); ~300 adapt the small models in minutes on a CPU")
         row.addWidget(self.steps)
         self.start_button = QPushButton("Fine-tune")
         self.start_button.setToolTip("Fine-tune the current model on the project's annotation store (in the background)")
@@ -83,16 +88,10 @@ class TrainPanel(QWidget):
         layout.addLayout(row)
         irow = QHBoxLayout()
         irow.addWidget(QLabel("Rounds"))
-        self.rounds = QSpinBox()
-        self.rounds.setRange(1, 20)
-        self.rounds.setValue(2)
-        self.rounds.setToolTip("At most this many self-improvement rounds (stops at the first that does not help)")
+        self.rounds = _spin_box(1, 20, 2, "At most this many self-improvement rounds (stops at the first that does not help)")
         irow.addWidget(self.rounds)
         irow.addWidget(QLabel("steps"))
-        self.improve_steps = QSpinBox()
-        self.improve_steps.setRange(1, 100_000)
-        self.improve_steps.setValue(50)
-        self.improve_steps.setToolTip("Optimizer steps per self-improvement round")
+        self.improve_steps = _spin_box(1, 100_000, 50, "Optimizer steps per self-improvement round")
         irow.addWidget(self.improve_steps)
         irow.addStretch(1)
         layout.addLayout(irow)
