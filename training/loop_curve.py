@@ -93,21 +93,28 @@ def make_subset_folder(root: Path, train_stems: list[str], val_stems: list[str],
     return dest
 
 
-def dice_on(model, model_id: str, num_passes: int, pairs, log) -> dict:
+def dice_on(model, model_id: str, num_passes: int, pairs, log, mode: str = "semantic") -> dict:
+    """Dice per image through the full pipeline; in instance mode also instance F1@0.5."""
     from napari_samsp import metrics
     from napari_samsp.io import read_image, read_mask
 
     seg = SamSegmenter(model, model_id, num_passes)
-    d, t = [], []
+    d, f1, t = [], [], []
     for p in pairs:
         img, gt = read_image(p.image_path), read_mask(p.mask_path)
         t0 = time.perf_counter()
-        lab = seg.segment(img, "semantic")
+        lab = seg.segment(img, mode)
         t.append(time.perf_counter() - t0)
         d.append(metrics.dice(lab, gt))
-    log(f"  Dice {np.mean(d):.4f} on {len(d)} images ({np.mean(t):.3f} s/img)")
-    return {"dice": float(np.mean(d)), "dice_std": float(np.std(d)), "n": len(d),
-            "per_image": [float(x) for x in d], "seconds_per_image": float(np.mean(t))}
+        if mode == "instance":
+            f1.append(metrics.instance_f1(lab, gt)["f1"])
+    out = {"dice": float(np.mean(d)), "dice_std": float(np.std(d)), "n": len(d),
+           "per_image": [float(x) for x in d], "seconds_per_image": float(np.mean(t))}
+    if f1:
+        out.update(f1=float(np.mean(f1)), per_image_f1=[float(x) for x in f1])
+    log(f"  Dice {out['dice']:.4f}" + (f"  F1@0.5 {out['f1']:.4f}" if f1 else "")
+        + f" on {len(d)} images ({out['seconds_per_image']:.3f} s/img)")
+    return out
 
 
 def run(args, log) -> dict:

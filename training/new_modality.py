@@ -44,8 +44,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evaluate_model import SamSegmenter, evenly_spaced, resolve_data  # noqa: E402
-from loop_curve import make_subset_folder  # noqa: E402
+from evaluate_model import evenly_spaced, resolve_data  # noqa: E402
+from loop_curve import dice_on, make_subset_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "docs" / "figures"
@@ -65,19 +65,8 @@ def kinds_split(root: Path, key: str) -> dict[tuple[str, str], list[str]]:
 
 
 def evaluate_on(model, model_id: str, num_passes: int, pairs, log) -> dict:
-    from napari_samsp import metrics
-    from napari_samsp.io import read_image, read_mask
-
-    seg = SamSegmenter(model, model_id, num_passes)
-    dice, f1 = [], []
-    for p in pairs:
-        img, gt = read_image(p.image_path), read_mask(p.mask_path)
-        lab = seg.segment(img, "instance")
-        dice.append(metrics.dice(lab, gt))
-        f1.append(metrics.instance_f1(lab, gt)["f1"])
-    log(f"  Dice {np.mean(dice):.4f}  F1@0.5 {np.mean(f1):.4f}  on {len(dice)} images")
-    return {"dice": float(np.mean(dice)), "dice_std": float(np.std(dice)), "f1": float(np.mean(f1)),
-            "n": len(dice), "per_image": [float(x) for x in dice], "per_image_f1": [float(x) for x in f1]}
+    """Dice and instance F1@0.5 in instance mode (``loop_curve.dice_on``)."""
+    return dice_on(model, model_id, num_passes, pairs, log, mode="instance")
 
 
 def train_base(out: Path, folder: Path, steps: int, log) -> Path:
@@ -218,7 +207,7 @@ def report(out: Path, new_kind: str, base_kind: str) -> str:
     ref_file = out / "default_eval.json"
     if ref_file.is_file():
         ref = json.loads(ref_file.read_text())
-        lines.append(f"| reference: embedded default model (trained on every kind) | - | - | {ref['new']['dice']:.3f} ± {se(ref['new']):.3f} "
+        lines.append(f"| reference: the default model {ref['model_id'][:8]} (trained on every kind) | - | - | {ref['new']['dice']:.3f} ± {se(ref['new']):.3f} "
                      f"| - | {ref['new']['f1']:.3f} | {ref['old']['dice']:.3f} (F1 {ref['old']['f1']:.3f}; base F1 {base['old']['f1']:.3f}) |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
