@@ -66,6 +66,8 @@ demo() {
 
 run_tests() {
   setup
+  # lint first (seconds): undefined names and unused code fail CI before the slower suite runs
+  "$VENV/bin/ruff" check napari_samsp training tests scripts
   "$PY" -m pytest -q "$@"
 }
 

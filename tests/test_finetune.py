@@ -6,7 +6,6 @@ synthetic images (bright discs on a dark background) so each test takes seconds.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import errno
 import logging

@@ -226,7 +226,6 @@ def self_improve(
     train_ex, store_val, _ = load_training_data(store_dirs, max_side=cfg.max_side)
     val_ex = list(val_examples) if val_examples else store_val
     num_passes = int(base.card.get("num_passes", 2))
-    device = next(base.model.parameters()).device
     model = copy.deepcopy(base.model).eval()
     configure_trainable(model, cfg.trainable)
     for p in model.parameters():
