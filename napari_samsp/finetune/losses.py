@@ -122,8 +122,8 @@ def box_outside_loss(
         boxes: (N, 4) x0, y0, x1, y1 in pixels.
         target: optional (N, 1, H, W) object masks excluded from the penalty.
     """
-    q = torch.relu(torch.sigmoid(logits) - threshold)
-    out = outside_box_mask(grown_boxes(boxes.to(logits.dtype), margin), logits.shape[-2:])
+    q = torch.relu(torch.sigmoid(logits.float()) - threshold)  # float32: bf16 boxes would be off by pixels
+    out = outside_box_mask(grown_boxes(boxes.float(), margin), logits.shape[-2:])
     if target is not None:
         out = out & (target <= 0.5)
     spill = (q * out).flatten(1).sum(1)
