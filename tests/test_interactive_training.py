@@ -3,6 +3,7 @@ loss at every iteration, the outside-the-box penalty and the propagation prompt.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from napari_samsp.finetune.data import collate, prepare_sample
@@ -111,11 +112,13 @@ def test_box_outside_penalty_is_zero_inside_and_positive_outside():
     assert not out[8:20, 8:20].any() and out[0, 0] and out[25, 25]
 
 
-def test_a_few_steps_on_a_toy_task_reduce_the_prompted_loss_and_the_spill():
+@pytest.mark.parametrize("kind", ["box", "propagate"])
+def test_a_few_steps_on_a_toy_task_reduce_the_prompted_loss_and_the_spill(kind):
+    """Box prompts and the propagation prompt (box + logits of a shifted copy) learn to return the object."""
     model = micro()
     params = configure_trainable(model, ("prompt_encoder", "mask_decoder"))
-    obj = _objective(model, click_iterations=1, prompt_kind_probs=(0.0, 1.0, 0.0, 0.0), box_weight=5.0,
-                     prompt_free_weight=0.0)
+    probs = tuple(float(k == kind) for k in PROMPT_KINDS)
+    obj = _objective(model, click_iterations=1, prompt_kind_probs=probs, box_weight=5.0, prompt_free_weight=0.0)
     batch = _batch(model, 4, seed=3)
 
     def measure() -> tuple[float, float]:
