@@ -69,6 +69,9 @@ class TrainConfig:
     # noisy, and swapping a working model for a "better by 0.001" one is a coin toss.
     min_gain: float = 0.0
     domain_weights: dict[str, float] | None = None  # sampling weight per domain (default: balanced)
+    # Wall-clock budget (s) for this call: stop after the step that crosses it, and run the LR
+    # schedule on max(step / steps, elapsed / max_seconds) so a time-boxed run still anneals.
+    max_seconds: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -180,10 +183,10 @@ def validate(model: SamModel, examples: Sequence[Example], num_passes: int, batc
     return metrics
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
+def _lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_fraction)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -260,8 +263,9 @@ def train(
     while state.step < cfg.steps:
         if cb.should_cancel is not None and cb.should_cancel():
             raise TrainingCancelled(f"fine-tuning cancelled at step {state.step}")
+        time_fraction = (time.time() - t0) / cfg.max_seconds if cfg.max_seconds else 0.0
         for group in opt.param_groups:
-            group["lr"] = _lr_at(state.step, cfg)
+            group["lr"] = _lr_at(state.step, cfg, time_fraction)
         exs = [sampler.draw() for _ in range(cfg.batch_size)]
         if cache_features:
             # Frozen encoder: embeddings depend only on the image (dihedral
@@ -299,7 +303,13 @@ def train(
             cb.on_loss(state.step, values)
         if cb.progress:
             cb.progress(state.step, cfg.steps)
-        last = state.step == cfg.steps
+        out_of_time = bool(cfg.max_seconds) and time.time() - t0 >= cfg.max_seconds
+        if dist.is_initialized() and cfg.max_seconds:
+            # ranks' clocks differ: stop together on rank 0's decision
+            flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
+            dist.broadcast(flag, 0)
+            out_of_time = bool(flag.item() > 0)
+        last = state.step == cfg.steps or out_of_time
         if val_examples and _is_main() and (state.step % cfg.val_every == 0 or last):
             metrics = validate(model, val_examples, cfg.objective.num_passes)
             state.history.append({"step": state.step, "time": time.time() - t0, **metrics, "loss": values["total"]})
@@ -322,7 +332,7 @@ def train(
             stopped_early = bool(flag.item() > 0)
         if checkpoint_path is not None and _is_main() and (state.step % cfg.checkpoint_every == 0 or last or stopped_early):
             _save_checkpoint(Path(checkpoint_path), model, opt, state, best)
-        if stopped_early:
+        if stopped_early or out_of_time:
             break
     if best is not None:
         model.load_state_dict(best)
