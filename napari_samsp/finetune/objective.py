@@ -117,6 +117,7 @@ class SelfPromptObjective(nn.Module):
         index = batch.image_index.to(dev)
         trace: list[dict] = []
         losses, outside = [], []
+        up = logits = torch.empty(0)  # set by iteration 0, read by the corrective iterations after it
         for it in range(1 + cfg.click_iterations):
             if it > 0:
                 c, lab = corrective_clicks(up.detach().cpu(), batch.targets, self.gen)
