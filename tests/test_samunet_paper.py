@@ -293,3 +293,49 @@ def test_small_member_runs_through_predictor_and_autoseg():
     assert one.masks.shape == (1, 200, 300) and 0.0 <= float(one.scores[0]) <= 1.0
     res = segment_image(pred, rgb, mode="instance", num_passes=2)
     assert res.labels.shape == (200, 300) and res.labels.dtype == np.uint16
+
+
+def test_from_official_sam_matches_repo_initialisation(repo, tmp_path):
+    """Building from official SAM weights resizes the position tables as the repository does."""
+    from segment_anything import sam_model_registry
+
+    from napari_samsp.models.sam_unet_paper import from_official_sam
+
+    torch.manual_seed(4)
+    official = sam_model_registry["vit_b"]()
+    _randomise(official, 4)  # position tables start at zero: give them values to interpolate
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save(official.state_dict(), path)
+    theirs = repo.build_sam.sam_model_registry["vit_b_256"](str(path)).state_dict()
+    ours = from_official_sam(str(path), resnet=34).state_dict()
+    assert ours["image_encoder.pos_embed"].shape == (1, 16, 16, 768)
+    assert ours["image_encoder.blocks.2.attn.rel_pos_h"].shape == (31, 64)
+    for key, value in theirs.items():
+        assert torch.allclose(ours[key], value, atol=1e-6), key
+    with pytest.raises(WeightsError, match="not official SAM vit_b weights"):
+        state = official.state_dict()
+        del state["image_encoder.neck.0.weight"]
+        torch.save(state, tmp_path / "partial.pth")
+        from_official_sam(str(tmp_path / "partial.pth"))
+
+
+def test_cli_segments_with_trust_and_refuses_without(small_r34, tmp_path, capsys):
+    """``samsp segment --model <repo checkpoint>``: exit 2 with one line and nothing written without
+    ``--trust``; with it, a label image of the input's size."""
+    from PIL import Image
+
+    from napari_samsp.cli import main
+
+    _, path = small_r34
+    rgb, _ = _synthetic()
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    out = tmp_path / "out"
+    code = main(["segment", str(tmp_path / "img.png"), "-o", str(out), "--model", str(path), "--threads", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--trust" in err
+    assert not out.exists() or not any(out.iterdir())
+    code = main(["segment", str(tmp_path / "img.png"), "-o", str(out), "--model", str(path), "--trust", "--threads", "1"])
+    capsys.readouterr()
+    assert code == 0
+    labels = np.asarray(Image.open(out / "img.png"))
+    assert labels.shape == rgb.shape[:2]

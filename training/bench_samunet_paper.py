@@ -69,6 +69,19 @@ def parts(model: torch.nn.Module) -> dict[str, int]:
     return out
 
 
+def flops(model: torch.nn.Module) -> dict[str, float]:
+    """GFLOPs of one 256 px embedding and one box decode (counted by torch, independent of machine load)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = np.zeros((256, 256, 3), np.uint8)
+    pred = Predictor(model, "flops")
+    with FlopCounterMode(display=False) as enc:
+        pred.set_image(image)
+    with FlopCounterMode(display=False) as dec:
+        pred.predict(box=np.array([60, 50, 190, 170], np.float32))
+    return {"embed_gflops": enc.get_total_flops() / 1e9, "click_gflops": dec.get_total_flops() / 1e9}
+
+
 def time_model(model: torch.nn.Module, n: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
@@ -102,13 +115,13 @@ def main() -> None:
             continue
         torch.manual_seed(0)
         model = build_model(cfg).eval()
-        row = {"model": name, "params": parts(model), **time_model(model, args.n)}
+        row = {"model": name, "params": parts(model), **flops(model), **time_model(model, args.n)}
         rows.append(row)
         p = row["params"]
         print(
             f"{name:<18} total {p['total'] / 1e6:7.2f} M (vit {p.get('vit', 0) / 1e6:.2f}, branch {p.get('branch', 0) / 1e6:.2f}, "
             f"adapters {p.get('adapters', 0) / 1e6:.2f}, decoder {p.get('decoder', 0) / 1e6:.2f})  "
-            f"embed {row['embed_ms']:8.0f} ms  click {row['click_ms']:6.0f} ms",
+            f"embed {row['embed_gflops']:6.1f} GFLOP {row['embed_ms']:6.0f} ms  click {row['click_gflops']:5.2f} GFLOP {row['click_ms']:4.0f} ms",
             flush=True,
         )
     meta = {

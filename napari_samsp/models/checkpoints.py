@@ -11,8 +11,10 @@ Formats:
 
 * official SAM: a flat ``{name: tensor}`` dict (``image_encoder.*``,
   ``prompt_encoder.*``, ``mask_decoder.*``); loaded with a strict key and shape check.
-* SAM-UNet repository: ``{'model': state_dict, 'optimizer': ..., 'epoch': ...}``;
-  loaded non-strictly into a SAM-UNet config, reporting what matched.
+* SAM-UNet repository (Hhankyangg/sam-unet): ``{'model': state_dict, 'optimizer': <Adam>}``;
+  recognised by its wrapper prefixes and loaded strictly into the paper's architecture
+  (``sam_unet_paper.py``). Other training checkpoints (``{'model'|'state_dict': ...}``) are
+  loaded non-strictly into a SAM-UNet config of ours, reporting what matched.
 * ours (``samsp-1``): ``.safetensors`` whose metadata holds the model card as JSON
   under ``samsp_card``, plus the same card as a readable ``<stem>.json`` sidecar.
 """
@@ -558,7 +560,10 @@ def load_samunet_checkpoint(
 
     The weights are read with ``weights_only=True`` first; files that also pickle
     Python objects (optimizer, ``argparse.Namespace``) need ``trust=True``.
-    Loading is non-strict: keys that fit are loaded, the rest is reported with
+    A checkpoint of the paper's repository (``image_encoder.sam_img_encoder.*`` ...) is
+    rebuilt as :class:`~napari_samsp.models.sam_unet_paper.SamUNetPaper` and loaded
+    strictly (``config_name`` and ``img_size`` are then read from the file). Other
+    files load non-strictly: keys that fit are loaded, the rest is reported with
     ``warnings.warn``; ``module.`` prefixes (DataParallel) are stripped.
     """
     p = _check_file(path)

@@ -28,6 +28,7 @@ the logits bilinearly upscaled to the input, cropped, upscaled to the image, > 0
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -52,6 +53,7 @@ __all__ = [
     "ResNetBranch",
     "SamUNetPaper",
     "TokenAdapter",
+    "from_official_sam",
     "repo_key_to_ours",
 ]
 
@@ -231,6 +233,22 @@ class SamUNetPaper(SamModel):
         h, w = x.shape[-2:]
         return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
 
+    def normalize_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) already-padded [0, 255] images -> normalised (the generic path; warns once).
+
+        Padding before normalising gives the padded area -mean/std instead of the
+        repository's 0, so callers that prepare tensors themselves (the fine-tuning
+        loop) feed this model slightly different inputs than :meth:`prepare_image`.
+        """
+        if not getattr(self, "_warned_padding", False):
+            warnings.warn(
+                "SamUNetPaper: images padded before normalisation differ from the repository's preprocessing "
+                "(normalise, then zero-pad); use prepare_image for inference",
+                stacklevel=2,
+            )
+            self._warned_padding = True
+        return super().normalize_pixels(images)
+
     def encode(self, images: torch.Tensor) -> ImageFeatures:
         """(B, 3, S, S) normalised, padded images -> embeddings (B, C, g, g) + multi-scale map (B, C/8, 4g, 4g)."""
         enc = self.image_encoder
@@ -299,3 +317,63 @@ def repo_key_to_ours(key: str) -> str:
     if key.startswith("resnet.stage") and key[12:13] in "1234":
         return f"resnet.layer{key[12]}" + key[13:]
     return key
+
+
+def _resize_table(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Bilinear resize of a position table, as the repository does when it builds from official SAM.
+
+    ``pos_embed`` (1, H, W, D) is resized over its grid; a relative table (L, C) along L.
+    """
+    if t.ndim == 4:
+        return F.interpolate(t.permute(0, 3, 1, 2), tuple(shape[1:3]), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    return F.interpolate(t[None, None], tuple(shape), mode="bilinear", align_corners=False)[0, 0]
+
+
+def from_official_sam(path: str, resnet: int = 50, img_size: int = 256) -> SamUNetPaper:
+    """A new paper SAM-UNet whose SAM parts come from an official SAM vit_b checkpoint.
+
+    What the repository does with ``need_ori_checkpoint=True``: the absolute and
+    relative position tables are resized bilinearly to the ``img_size`` token grid,
+    SAM's IoU head, mask tokens and hypernetwork MLPs are dropped (this decoder has
+    its own ``med_token`` / ``hf_mlp``), and everything else of the encoder, prompt
+    encoder and decoder transformer must be present. The ResNet, adapters and
+    ``med_token`` stay at initialisation (the repository starts its ResNet from
+    ImageNet weights, which are not downloaded here).
+
+    Raises:
+        WeightsError: an unreadable or non-SAM file, or SAM weights of another size.
+    """
+    import dataclasses
+
+    from ..errors import WeightsError
+    from .build import MODEL_CONFIGS, build_model
+    from .checkpoints import _check_file, _official_refusal, _official_state, _torch_load
+
+    p = _check_file(path)
+    state = _official_state(_torch_load(p, trust=False, refusal=_official_refusal), p)
+    base = MODEL_CONFIGS.get(f"samunet_paper_r{resnet}")
+    base = base or dataclasses.replace(MODEL_CONFIGS["samunet_paper_r50"], name=f"samunet_paper_r{resnet}", resnet=resnet)
+    model = build_model(dataclasses.replace(base, img_size=img_size))
+    expected = model.state_dict()
+    take, bad = {}, []
+    for key, value in state.items():
+        if key not in expected:
+            continue
+        want = expected[key].shape
+        if value.shape != want and (key == "image_encoder.pos_embed" or key.endswith(("rel_pos_h", "rel_pos_w"))):
+            value = _resize_table(value.float(), want).to(value.dtype)
+        if value.shape != want:
+            bad.append(f"{key} file {list(value.shape)} vs model {list(want)}")
+        take[key] = value
+    sam_parts = ("image_encoder.", "prompt_encoder.", "mask_decoder.transformer.", "mask_decoder.output_upscaling.")
+    missing = [k for k in expected if k.startswith(sam_parts) and k not in take]
+    if bad or missing:
+        raise WeightsError(
+            f"{p}: not official SAM vit_b weights for {base.name!r}: "
+            + "; ".join(
+                ([f"{len(bad)} mis-shaped ({', '.join(bad[:3])})"] if bad else [])
+                + ([f"{len(missing)} missing ({', '.join(missing[:4])})"] if missing else [])
+            )
+        )
+    model.load_state_dict(take, strict=False)
+    return model.eval()
