@@ -272,8 +272,9 @@ def test_truncated_and_misfit_checkpoints_give_readable_errors(repo, small_r34, 
     assert "1 unexpected keys (mask_decoder.iou_token.weight)" in text
 
 
-def test_small_member_runs_through_predictor_and_autoseg():
-    """A small family member (narrow ViT + ResNet-18) works through the same interfaces."""
+def test_small_member_runs_through_predictor_autoseg_and_our_format(tmp_path):
+    """A small family member (narrow ViT + ResNet-18) works through the same interfaces,
+    and round-trips through our safetensors format (its config names the ResNet)."""
     import dataclasses
 
     from napari_samsp.autoseg import segment_image
@@ -293,6 +294,15 @@ def test_small_member_runs_through_predictor_and_autoseg():
     assert one.masks.shape == (1, 200, 300) and 0.0 <= float(one.scores[0]) <= 1.0
     res = segment_image(pred, rgb, mode="instance", num_passes=2)
     assert res.labels.shape == (200, 300) and res.labels.dtype == np.uint16
+
+    from napari_samsp.models.checkpoints import save_model
+
+    saved = save_model(model, tmp_path / "paper_micro.safetensors", {"preprocessing": PREPROCESSING})
+    again = load_model(saved, device="cpu")
+    assert isinstance(again.model, SamUNetPaper) and again.model.config == cfg
+    pred2 = Predictor(again.model, again.model_id)
+    pred2.set_image(rgb)
+    assert np.array_equal(pred2.predict(box=box).logits, one.logits)
 
 
 def test_from_official_sam_matches_repo_initialisation(repo, tmp_path):

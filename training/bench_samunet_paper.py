@@ -38,12 +38,13 @@ from napari_samsp.predictor import Predictor  # noqa: E402
 def members() -> dict[str, SamConfig]:
     paper = MODEL_CONFIGS["samunet_paper_r34"]
     tiny = MODEL_CONFIGS["tiny"]
-    tiny_vit = dict(
-        img_size=256, patch_size=tiny.patch_size, encoder_embed_dim=tiny.encoder_embed_dim, encoder_depth=4,
-        encoder_num_heads=tiny.encoder_num_heads, encoder_global_attn_indexes=(0, 1, 2, 3), window_size=tiny.window_size,
-        prompt_embed_dim=tiny.prompt_embed_dim, decoder_mlp_dim=tiny.decoder_mlp_dim, decoder_num_heads=tiny.decoder_num_heads,
-        mask_in_chans=tiny.mask_in_chans,
-    )
+    tiny_vit = {
+        "img_size": 256, "patch_size": tiny.patch_size, "encoder_embed_dim": tiny.encoder_embed_dim, "encoder_depth": 4,
+        "encoder_num_heads": tiny.encoder_num_heads, "encoder_global_attn_indexes": (0, 1, 2, 3),
+        "window_size": tiny.window_size, "prompt_embed_dim": tiny.prompt_embed_dim,
+        "decoder_mlp_dim": tiny.decoder_mlp_dim, "decoder_num_heads": tiny.decoder_num_heads,
+        "mask_in_chans": tiny.mask_in_chans,
+    }
     return {
         "samunet_paper_r50": MODEL_CONFIGS["samunet_paper_r50"],
         "samunet_paper_r34": paper,

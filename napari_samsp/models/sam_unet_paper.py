@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ class TokenAdapter(nn.Module):
     def __init__(self, size_in: int, c_in: int, size_out: int, c_out: int) -> None:
         super().__init__()
         ratio = max(size_in, size_out) / min(size_in, size_out)
-        steps = int(round(math.log2(ratio)))
+        steps = round(math.log2(ratio))
         if 2**steps != ratio:
             raise ValueError(f"adapter sides must be a power of two apart, got {size_in} and {size_out}")
         layers: list[nn.Module] = []
@@ -347,7 +348,12 @@ def from_official_sam(path: str, resnet: int = 50, img_size: int = 256) -> SamUN
 
     from ..errors import WeightsError
     from .build import MODEL_CONFIGS, build_model
-    from .checkpoints import _check_file, _official_refusal, _official_state, _torch_load
+    from .checkpoints import (
+        _check_file,
+        _official_refusal,
+        _official_state,
+        _torch_load,
+    )
 
     p = _check_file(path)
     state = _official_state(_torch_load(p, trust=False, refusal=_official_refusal), p)
