@@ -132,6 +132,7 @@ _MICRO = SamConfig(
     description="test-sized config: 128 px, about 0.3M parameters; for tests and smoke runs only",
 )
 
+
 def _paper(name: str, resnet: int, vit: SamConfig, img_size: int = 256) -> SamConfig:
     """The paper's SAM-UNet (arXiv 2408.09886): a ResNet branch beside ``vit`` at ``img_size``."""
     return dataclasses.replace(
