@@ -206,7 +206,7 @@ def test_vit_b_r50_loads_strictly_and_records_preprocessing(vit_b_r50):
 
     for key, value in theirs.items():
         assert torch.equal(ours[repo_key_to_ours(key)], value), key
-    assert loaded.card["preprocessing"] == PREPROCESSING
+    assert loaded.card["preprocessing"] == PREPROCESSING == "sam" and loaded.model.preprocessing == "sam"
     assert "SAM-UNet repository" in loaded.card["origin"]
 
 

@@ -28,7 +28,6 @@ the logits bilinearly upscaled to the input, cropped, upscaled to the image, > 0
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -58,8 +57,10 @@ __all__ = [
     "repo_key_to_ours",
 ]
 
-# Recorded in model cards: how images must be prepared for this family.
-PREPROCESSING = "samunet_repo: PIL resize longest side to img_size, normalise (SAM mean/std), then zero-pad"
+# Recorded in model cards (``preprocessing``): the repository prepares images as upstream
+# ``SamPredictor`` does (PIL resize of the longest side, normalise, then zero-pad), which the
+# card vocabulary names "sam"; ``SamUNetPaper.preprocessing`` says the same on the model.
+PREPROCESSING = "sam"
 
 # depth -> (torchvision builder, blocks per stage, bottleneck?)
 RESNETS: dict[int, tuple[Callable[..., tvm.ResNet], tuple[int, ...], bool]] = {
@@ -198,6 +199,9 @@ class MedMaskDecoder(nn.Module):
 class SamUNetPaper(SamModel):
     """The paper's SAM-UNet behind our :class:`SamModel` interface (``encode`` / ``decode``).
 
+    Its preprocessing is fixed by the architecture: :meth:`prepare_image` (and the
+    ``preprocessing`` attribute, ``"sam"``, for code that prepares tensors itself).
+
     ``encode`` returns the neck embeddings (B, C, g, g) and, as ``hires``, the
     multi-scale map (B, C/8, 4g, 4g). ``decode`` always returns one mask per prompt
     set; the repository has no IoU head, so the "predicted IoU" is a stand-in:
@@ -212,6 +216,7 @@ class SamUNetPaper(SamModel):
         mask_decoder: MedMaskDecoder,
     ) -> None:
         super().__init__(config, image_encoder, prompt_encoder, mask_decoder)  # type: ignore[arg-type]
+        self.preprocessing = PREPROCESSING
         assert config.resnet is not None
         self.global_blocks = tuple(config.encoder_global_attn_indexes)
         if len(self.global_blocks) != 4:
@@ -233,22 +238,6 @@ class SamUNetPaper(SamModel):
         x = (x - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
         return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
-
-    def normalize_pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) already-padded [0, 255] images -> normalised (the generic path; warns once).
-
-        Padding before normalising gives the padded area -mean/std instead of the
-        repository's 0, so callers that prepare tensors themselves (the fine-tuning
-        loop) feed this model slightly different inputs than :meth:`prepare_image`.
-        """
-        if not getattr(self, "_warned_padding", False):
-            warnings.warn(
-                "SamUNetPaper: images padded before normalisation differ from the repository's preprocessing "
-                "(normalise, then zero-pad); use prepare_image for inference",
-                stacklevel=2,
-            )
-            self._warned_padding = True
-        return super().normalize_pixels(images)
 
     def encode(self, images: torch.Tensor) -> ImageFeatures:
         """(B, 3, S, S) normalised, padded images -> embeddings (B, C, g, g) + multi-scale map (B, C/8, 4g, 4g)."""
