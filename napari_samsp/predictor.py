@@ -421,6 +421,9 @@ class Predictor:
 
     def _encode(self, transform: InputTransform, rgb_u8: np.ndarray) -> ImageFeatures:
         with torch.inference_mode():
+            prepare = getattr(self.model, "prepare_image", None)
+            if prepare is not None:  # a model family that fixes its own preprocessing (SamUNetPaper)
+                return self.model.encode(prepare(rgb_u8).to(self.device))
             x = transform.image_to_tensor(rgb_u8)[None].to(self.device)
             return self.model.encode(self.model.normalize_pixels(x))
 

@@ -11,8 +11,10 @@ Formats:
 
 * official SAM: a flat ``{name: tensor}`` dict (``image_encoder.*``,
   ``prompt_encoder.*``, ``mask_decoder.*``); loaded with a strict key and shape check.
-* SAM-UNet repository: ``{'model': state_dict, 'optimizer': ..., 'epoch': ...}``;
-  loaded non-strictly into a SAM-UNet config, reporting what matched.
+* SAM-UNet repository (Hhankyangg/sam-unet): ``{'model': state_dict, 'optimizer': <Adam>}``;
+  recognised by its wrapper prefixes and loaded strictly into the paper's architecture
+  (``sam_unet_paper.py``). Other training checkpoints (``{'model'|'state_dict': ...}``) are
+  loaded non-strictly into a SAM-UNet config of ours, reporting what matched.
 * ours (``samsp-1``): ``.safetensors`` whose metadata holds the model card as JSON
   under ``samsp_card``, plus the same card as a readable ``<stem>.json`` sidecar.
 """
@@ -497,6 +499,8 @@ def _model_from_training(
 ) -> SamModel:
     """Load a training checkpoint's weights non-strictly, reporting what matched."""
     state = _training_state(obj, path)
+    if _is_samunet_repo_state(state):  # the paper's own layout: its own architecture, strictly
+        return _samunet_repo_model(state, path)
     base = _get_config(config_name)
     native = _native_img_size(state, base)
     config = _with_img_size(base, img_size or native or base.img_size)
@@ -556,12 +560,156 @@ def load_samunet_checkpoint(
 
     The weights are read with ``weights_only=True`` first; files that also pickle
     Python objects (optimizer, ``argparse.Namespace``) need ``trust=True``.
-    Loading is non-strict: keys that fit are loaded, the rest is reported with
+    A checkpoint of the paper's repository (``image_encoder.sam_img_encoder.*`` ...) is
+    rebuilt as :class:`~napari_samsp.models.sam_unet_paper.SamUNetPaper` and loaded
+    strictly (``config_name`` and ``img_size`` are then read from the file). Other
+    files load non-strictly: keys that fit are loaded, the rest is reported with
     ``warnings.warn``; ``module.`` prefixes (DataParallel) are stripped.
     """
     p = _check_file(path)
     obj = _torch_load(p, trust=trust, refusal=_samunet_refusal)
     return _model_from_training(obj, config_name, img_size, p)
+
+
+# --------------------------------------------------------------------------- SAM-UNet repository (the paper's code)
+
+_SAMUNET_REPO_MARKERS = ("image_encoder.sam_img_encoder.", "mask_decoder.med_token.", "adapters_in.")
+
+
+def _is_samunet_repo_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """True for the state dict of the paper repository's ``SAM_UNET`` (Hhankyangg/sam-unet)."""
+    return any(k.startswith(_SAMUNET_REPO_MARKERS) for k in state)
+
+
+def _samunet_repo_resnet(state: Mapping[str, torch.Tensor], path: Path) -> int:
+    """ResNet depth of a repository checkpoint, from its stage layout and block type."""
+    from .sam_unet_paper import RESNETS
+
+    blocks = tuple(len({k.split(".")[2] for k in state if k.startswith(f"resnet.stage{i}.")}) for i in range(1, 5))
+    bottleneck = "resnet.stage1.0.conv3.weight" in state
+    for depth, (_, layout, is_bottleneck) in RESNETS.items():
+        if layout == blocks and is_bottleneck == bottleneck:
+            return depth
+    kind = "bottleneck" if bottleneck else "basic"
+    raise WeightsError(
+        f"{path}: SAM-UNet repository checkpoint with an unknown ResNet branch ({kind} blocks per stage {list(blocks)}); "
+        f"known: ResNet-{', ResNet-'.join(map(str, RESNETS))}"
+    )
+
+
+def _samunet_repo_config(state: Mapping[str, torch.Tensor], depth: int, path: Path) -> SamConfig:
+    """The config of a repository state dict, read from tensor shapes.
+
+    The repository builds vit_b at 256 px (``samunet_paper_r34`` / ``_r50``); other
+    ViT sizes are read from the patch embedding (width, patch), the positional grid
+    (input size), the relative-position tables (head width; global blocks have
+    ``2 * grid - 1`` rows, windowed ones ``2 * window - 1``) and the decoder's layers.
+    """
+    vit = "image_encoder.sam_img_encoder."
+    w = state.get(vit + "patch_embed.proj.weight")
+    pos = state.get(vit + "pos_embed")
+    rel = state.get(vit + "blocks.0.attn.rel_pos_h")
+    neck = state.get(vit + "neck.0.weight")
+    if w is None or w.ndim != 4 or pos is None or pos.ndim != 4 or rel is None or rel.ndim != 2 or neck is None:
+        raise WeightsError(
+            f"{path}: SAM-UNet repository checkpoint (ResNet-{depth}) without a readable ViT "
+            f"(needs {vit}patch_embed.proj.weight, pos_embed, blocks.0.attn.rel_pos_h and neck.0.weight)"
+        )
+    dim, patch, grid = int(w.shape[0]), int(w.shape[-1]), int(pos.shape[1])
+    rows = {
+        int(k.split(".")[3]): int(v.shape[0])
+        for k, v in state.items()
+        if k.startswith(vit + "blocks.") and k.endswith(".attn.rel_pos_h")
+    }
+    global_idx = tuple(i for i in sorted(rows) if rows[i] == 2 * grid - 1)
+    windowed = {rows[i] for i in rows if i not in global_idx}
+    base = MODEL_CONFIGS[f"samunet_paper_r{depth}" if depth in (34, 50) else "samunet_paper_r50"]
+    decoder = "mask_decoder.sam_mask_decoder.transformer.layers."
+    lin1 = state.get(decoder + "0.mlp.lin1.weight")
+    down = state.get("prompt_encoder.sam_prompt_encoder.mask_downscaling.0.weight")
+    config = dataclasses.replace(
+        base,
+        name=f"samunet_paper_r{depth}",
+        img_size=grid * patch,
+        patch_size=patch,
+        encoder_embed_dim=dim,
+        encoder_depth=len(rows),
+        encoder_num_heads=max(1, dim // int(rel.shape[1])),
+        encoder_global_attn_indexes=global_idx,
+        window_size=(min(windowed) + 1) // 2 if windowed else base.window_size,
+        prompt_embed_dim=int(neck.shape[0]),
+        decoder_depth=len({k[len(decoder):].split(".")[0] for k in state if k.startswith(decoder)}),
+        decoder_mlp_dim=int(lin1.shape[0]) if lin1 is not None else base.decoder_mlp_dim,
+        mask_in_chans=4 * int(down.shape[0]) if down is not None else base.mask_in_chans,
+        resnet=depth,
+    )
+    if config != dataclasses.replace(base, name=config.name, resnet=depth):
+        config = dataclasses.replace(
+            config, name=f"samunet_paper_r{depth}_d{dim}x{len(rows)}_{config.img_size}px",
+            description=f"SAM-UNet as published, custom size: ViT {dim}x{len(rows)} at {config.img_size} px + ResNet-{depth}",
+        )
+    if len(global_idx) != 4:
+        raise WeightsError(
+            f"{path}: SAM-UNet repository checkpoint (ResNet-{depth}) has {len(global_idx)} global-attention blocks "
+            f"({list(global_idx)}); the architecture needs 4, one per ResNet stage"
+        )
+    return config
+
+
+def _samunet_repo_model(state: Mapping[str, torch.Tensor], path: Path) -> SamModel:
+    """Build the paper's SAM-UNet for a repository state dict and load it strictly.
+
+    The ResNet depth (34 or 50, also 18/101) and the ViT come from tensor shapes
+    (:func:`_samunet_repo_config`). Every tensor must be used: missing, unexpected
+    and mis-shaped keys are listed by their names in the file.
+    """
+    from .sam_unet_paper import repo_key_to_ours
+
+    depth = _samunet_repo_resnet(state, path)
+    config = _samunet_repo_config(state, depth, path)
+    try:
+        model = build_model(config)
+    except (ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path}: cannot build {config.name!r} for this SAM-UNet checkpoint: {_one_line(str(exc))}") from None
+    expected = model.state_dict()
+    theirs = {repo_key_to_ours(k): k for k in state}
+    mapped = {ours: state[k] for ours, k in theirs.items()}
+    missing, unexpected, mismatched = _compare(expected, mapped)
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            shown = [f"{theirs[k]} file {list(a)} vs model {list(b)}" for k, a, b in mismatched]
+            parts.append(f"{len(mismatched)} mis-shaped keys ({_short_list(shown, 3)})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (our names: {_short_list(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_short_list([theirs[k] for k in unexpected])})")
+        raise WeightsError(
+            f"{path}: SAM-UNet repository checkpoint (detected ResNet-{depth}, ViT width {config.encoder_embed_dim}, "
+            f"{config.img_size} px) does not fit {config.name!r}: " + "; ".join(parts)
+        )
+    model.load_state_dict(mapped, strict=True)
+    return model.eval()
+
+
+def _loaded_samunet_repo(state: Mapping[str, torch.Tensor], path: Path) -> LoadedModel:
+    """:func:`_samunet_repo_model` with a card that records origin and preprocessing."""
+    from .sam_unet_paper import PREPROCESSING
+
+    model = _samunet_repo_model(state, path)
+    model_id = _file_digest(path)
+    created = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    card = make_card(
+        model.config,
+        {
+            "version": model_id,
+            "created": created,
+            "origin": f"SAM-UNet repository checkpoint (Hhankyangg/sam-unet), ResNet-{model.config.resnet}",
+            "preprocessing": PREPROCESSING,
+            "num_passes": 1,
+        },
+    )
+    return LoadedModel(model, card, model_id, str(path), False)
 
 
 def make_card(config: SamConfig, card: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -745,6 +893,8 @@ def _load_path(path: Path, trust: bool) -> LoadedModel:
         origin = "official SAM checkpoint"
     else:
         state = _training_state(obj, p)
+        if _is_samunet_repo_state(state):
+            return _loaded_samunet_repo(state, p)
         try:
             base = _infer_base_config(state).name
         except WeightsError:
