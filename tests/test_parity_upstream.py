@@ -31,7 +31,7 @@ from napari_samsp.models.checkpoints import load_model
 from napari_samsp.predictor import Predictor
 from napari_samsp.transforms import LEGACY_PREPROCESSING, SAM_PREPROCESSING, to_rgb_uint8
 
-LOGIT_ATOL = 1e-3  # max |ours - upstream| of the original-grid logits
+LOGIT_ATOL = 1e-4  # max |ours - upstream| of the original-grid logits (measured: ~2e-7)
 MIN_IOU = 0.99
 
 # One image per data set: all non-square (W x H = 320x256, 384x259, 384x314).

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -245,55 +246,47 @@ def _pickle_globals(path: Path) -> list[str]:
     Only used to word the error message: the refusal itself comes from
     ``weights_only=True`` failing.
     """
+    data: bytes | None = None
     if zipfile.is_zipfile(path):
         getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
         try:
             if getter is not None:
                 return list(getter(path))
-            with zipfile.ZipFile(path) as archive:  # older torch: scan the archive's data.pkl ourselves
-                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
-                if name is None:
-                    return []
-                with archive.open(name) as f:
-                    return _scan_pickles(f)
+            with zipfile.ZipFile(path) as archive:  # older torch: scan the archive's data.pkl below
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
         except Exception:  # an unreadable archive: nothing to report
             return []
-    with open(path, "rb") as f:
-        return _scan_pickles(f)
-
-
-def _scan_pickles(f: Any) -> list[str]:
-    """Non-tensor globals referenced by the pickles in a binary stream (opcodes only, nothing executed)."""
     found: list[str] = []
-    # Legacy torch.save writes several pickles back to back (magic, protocol,
-    # sys info, data, storage keys) before raw storage bytes.
-    for _ in range(6):
-        # An approximate trace of pushed values (strings, or None for anything
-        # else) and of the memo, enough to name STACK_GLOBAL's module and name.
-        pushed: list[str | None] = []
-        memo: dict[int, str | None] = {}
-        try:
-            for op, arg, _pos in pickletools.genops(f):
-                name = op.name
-                if name in ("GLOBAL", "INST"):
-                    found.append(str(arg).replace(" ", "."))
-                    pushed.append(None)
-                elif name == "STACK_GLOBAL":
-                    module, qualname = (pushed[-2:] if len(pushed) >= 2 else [None, None])
-                    found.append(f"{module}.{qualname}" if module and qualname else "(unresolved global)")
-                    pushed.append(None)
-                elif name == "MEMOIZE":
-                    memo[len(memo)] = pushed[-1] if pushed else None
-                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[int(arg)] = pushed[-1] if pushed else None
-                elif name in ("GET", "BINGET", "LONG_BINGET"):
-                    pushed.append(memo.get(int(arg)))
-                elif isinstance(arg, str) and ("UNICODE" in name or name.endswith("STRING")):
-                    pushed.append(str(arg))
-                elif op.stack_after:
-                    pushed.append(None)
-        except Exception:  # end of the pickles, or not a pickle at all
-            break
+    with io.BytesIO(data) if data is not None else open(path, "rb") as f:
+        # Legacy torch.save writes several pickles back to back (magic, protocol,
+        # sys info, data, storage keys) before raw storage bytes.
+        for _ in range(6):
+            # An approximate trace of pushed values (strings, or None for anything
+            # else) and of the memo, enough to name STACK_GLOBAL's module and name.
+            pushed: list[str | None] = []
+            memo: dict[int, str | None] = {}
+            try:
+                for op, arg, _pos in pickletools.genops(f):
+                    name = op.name
+                    if name in ("GLOBAL", "INST"):
+                        found.append(str(arg).replace(" ", "."))
+                        pushed.append(None)
+                    elif name == "STACK_GLOBAL":
+                        module, qualname = (pushed[-2:] if len(pushed) >= 2 else [None, None])
+                        found.append(f"{module}.{qualname}" if module and qualname else "(unresolved global)")
+                        pushed.append(None)
+                    elif name == "MEMOIZE":
+                        memo[len(memo)] = pushed[-1] if pushed else None
+                    elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                        memo[int(arg)] = pushed[-1] if pushed else None
+                    elif name in ("GET", "BINGET", "LONG_BINGET"):
+                        pushed.append(memo.get(int(arg)))
+                    elif isinstance(arg, str) and ("UNICODE" in name or name.endswith("STRING")):
+                        pushed.append(str(arg))
+                    elif op.stack_after:
+                        pushed.append(None)
+            except Exception:  # end of the pickles, or not a pickle at all
+                break
     return [g for g in found if not g.startswith(_TENSOR_GLOBAL_PREFIXES)]
 
 
