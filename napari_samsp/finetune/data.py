@@ -16,10 +16,9 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from ..errors import DataLayoutError, InputImageError
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from ..errors import DataLayoutError, InputImageError
 from ..transforms import LEGACY_PREPROCESSING, SAM_PREPROCESSING, check_preprocessing, resize_and_pad, to_rgb_uint8
 
 
