@@ -315,7 +315,13 @@ def load_checkpoint(path: str | Path, config_name: str, which: str = "best") -> 
     card: dict = {"mode": "semantic", "num_passes": 2}
     run_cfg = path.parent / "config.json"
     if run_cfg.is_file():
-        cfg = json.loads(run_cfg.read_text()).get("config", {})
+        run = json.loads(run_cfg.read_text())
+        cfg = run.get("config", {})
+        # The run's preprocessing (train.py records it; runs before the field are legacy samsp-v1).
+        from napari_samsp.transforms import LEGACY_PREPROCESSING, set_model_preprocessing
+
+        set_model_preprocessing(model, run.get("preprocessing") or LEGACY_PREPROCESSING)
+        card["preprocessing"] = model.preprocessing
         card["mode"] = cfg.get("mode", "semantic")
         card["num_passes"] = int(cfg.get("objective", {}).get("num_passes", 2))
     s = ckpt.get("state", {}) if isinstance(ckpt, dict) else {}

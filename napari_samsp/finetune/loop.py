@@ -27,6 +27,7 @@ from ..models.lora import apply_lora, lora_parameters
 from ..models.sam_model import SamModel
 from ..models.sam_sp import SamSP
 from ..models.sam_unet import SamUNet
+from ..transforms import model_preprocessing
 from .data import AugmentConfig, BalancedSampler, Example, check_examples, collate, prepare_sample
 from .objective import ObjectiveConfig, SelfPromptObjective
 
@@ -151,11 +152,12 @@ def validate(model: SamModel, examples: Sequence[Example], num_passes: int, batc
     was_training = model.training
     model.eval()
     sp = SamSP(model, num_passes=num_passes)
+    prep = model_preprocessing(model)
     per_domain: dict[str, list[float]] = {}
     empty_fp: dict[str, list[float]] = {}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        images, labels, valid = collate([prepare_sample(ex, model.img_size) for ex in chunk])
+        images, labels, valid = collate([prepare_sample(ex, model.img_size, preprocessing=prep) for ex in chunk])
         dev = next(model.parameters()).device
         outs = sp.run_passes(model.encode(model.normalize_pixels(images.to(dev))))
         pred = (model.upscale_logits(outs[-1].logits)[:, 0] > 0).cpu() & valid
@@ -272,7 +274,7 @@ def train(
             # augmentation is applied by caching each variant), so reuse them.
             loss_dict = _cached_step(objective, runner, exs, rng, feature_cache, cfg, device)
         else:
-            images, labels, valid = collate([prepare_sample(ex, model.img_size, rng, cfg.augment) for ex in exs])
+            images, labels, valid = collate([prepare_sample(ex, model.img_size, rng, cfg.augment, model_preprocessing(model)) for ex in exs])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss_dict = runner(images.to(device), labels.to(device), valid.to(device))
         loss = loss_dict["total"]
@@ -358,7 +360,7 @@ def _cached_step(objective: SelfPromptObjective, runner: torch.nn.Module, exs, r
         # every variant is encoded once and all of them occur.
         variant = rng.randrange(flips * turns)
         flip, k = variant >= turns, variant % turns
-        sample = prepare_sample(_dihedral_variant(ex, flip, k), model.img_size)
+        sample = prepare_sample(_dihedral_variant(ex, flip, k), model.img_size, preprocessing=model_preprocessing(model))
         key = (id(ex), variant)
         if key not in cache:
             with torch.no_grad():

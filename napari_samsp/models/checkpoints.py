@@ -11,6 +11,12 @@ Formats:
 
 * official SAM: a flat ``{name: tensor}`` dict (``image_encoder.*``,
   ``prompt_encoder.*``, ``mask_decoder.*``); loaded with a strict key and shape check.
+  MedSAM and micro-sam's plain exports are this format too.
+* wrapped SAM state dicts: the same tensors under ``model_state`` (micro-sam,
+  optionally beside ``decoder_state``, its instance-segmentation decoder, which is
+  ignored and reported), ``model``, ``state_dict`` or ``model_state_dict``, with
+  wrapper prefixes (``module.``, ``sam.``, ``model.``, ``_orig_mod.``) stripped;
+  loaded strictly like official SAM.
 * SAM-UNet repository (Hhankyangg/sam-unet): ``{'model': state_dict, 'optimizer': <Adam>}``;
   recognised by its wrapper prefixes and loaded strictly into the paper's architecture
   (``sam_unet_paper.py``). Other training checkpoints (``{'model'|'state_dict': ...}``) are
@@ -24,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -47,6 +54,13 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import SamspError, WeightsError
 from ..io import fsync_dir
+from ..transforms import (
+    LEGACY_PREPROCESSING,
+    SAM_PREPROCESSING,
+    check_preprocessing,
+    model_preprocessing,
+    set_model_preprocessing,
+)
 from .build import MODEL_CONFIGS, SamConfig, build_model
 from .lora import LoRALinear, merge_lora
 from .sam_model import SamModel
@@ -89,6 +103,13 @@ _CARD_MODES = ("semantic", "instance")
 
 # SamSP's default; a card that does not say otherwise describes a model trained with it.
 _DEFAULT_NUM_PASSES = 2
+
+# The three parts of a SAM state dict, and prefixes that training wrappers put in front of them
+# (DataParallel/DDP ``module.``, micro-sam/torch_em ``sam.``, Lightning ``model.``, torch.compile ``_orig_mod.``).
+_SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+_WRAPPER_PREFIXES = ("module.", "sam.", "model.", "_orig_mod.")
+# Keys under which projects wrap a SAM state dict; ``model_state`` is micro-sam's (torch_em's).
+_WRAPPER_KEYS = ("model_state", "model", "state_dict", "model_state_dict")
 
 
 @dataclass
@@ -227,13 +248,18 @@ def _pickle_globals(path: Path) -> list[str]:
     Only used to word the error message: the refusal itself comes from
     ``weights_only=True`` failing.
     """
+    data: bytes | None = None
     if zipfile.is_zipfile(path):
+        getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
         try:
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            if getter is not None:
+                return list(getter(path))
+            with zipfile.ZipFile(path) as archive:  # older torch: scan the archive's data.pkl below
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
         except Exception:  # an unreadable archive: nothing to report
             return []
     found: list[str] = []
-    with open(path, "rb") as f:
+    with io.BytesIO(data) if data is not None else open(path, "rb") as f:
         # Legacy torch.save writes several pickles back to back (magic, protocol,
         # sys info, data, storage keys) before raw storage bytes.
         for _ in range(6):
@@ -281,8 +307,9 @@ def _corrupt(path: Path, exc: BaseException) -> WeightsError:
 def _official_refusal(path: Path, names: list[str]) -> str:
     what = f" ({_short_list(names, 3)})" if names else ""
     return (
-        f"{path}: this file contains pickled Python objects{what}; official SAM checkpoints do not — "
-        "refusing to load (use --trust only for files you trust)"
+        f"{path}: this file contains pickled Python objects{what}; official SAM, MedSAM and micro-sam exports do not "
+        "(training checkpoints with optimizer or config objects do) — refusing to load "
+        "(use --trust only for files you trust)"
     )
 
 
@@ -359,6 +386,65 @@ def _official_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             "state dict; load it with load_samunet_checkpoint or load_model"
         )
     raise WeightsError(f"{path} does not hold a flat dict of tensors as official SAM checkpoints do")
+
+
+def _strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Remove prefixes that every key shares (``module.``, ``sam.``, ...), repeatedly; returns (state, removed)."""
+    out = dict(state)
+    removed = ""
+    while out:
+        pre = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in out)), None)
+        if pre is None:
+            break
+        out = {k[len(pre):]: v for k, v in out.items()}
+        removed += pre
+    return out, removed
+
+
+def _count_tensors(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return 1
+    if isinstance(obj, Mapping):
+        return sum(_count_tensors(v) for v in obj.values())
+    return 0
+
+
+def _sam_state_in(obj: Any) -> tuple[dict[str, torch.Tensor], str, str] | None:
+    """A SAM state dict inside a loaded ``.pth`` object: (state, detected format, what was ignored).
+
+    Recognises flat state dicts (official SAM, MedSAM, micro-sam's plain export),
+    micro-sam's ``{'model_state': ..., 'decoder_state': ...}`` and state dicts
+    wrapped under ``model`` / ``state_dict`` / ``model_state_dict``, with shared
+    wrapper prefixes stripped. Returns None when ``obj`` is something else (a
+    wrapped state dict that is more than SAM, e.g. a SAM-UNet training checkpoint).
+    """
+    if isinstance(obj, torch.nn.Module):  # only reachable with trust: a pickled module
+        obj = obj.state_dict()
+    if _is_flat_state(obj):
+        state, removed = _strip_wrapper_prefixes(obj)
+        fmt = "plain SAM state dict (official SAM / MedSAM / micro-sam export)"
+        return state, fmt + (f", prefix {removed!r} stripped" if removed else ""), ""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in _WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, torch.nn.Module):
+            inner = inner.state_dict()
+        if not _is_flat_state(inner):
+            continue
+        state, removed = _strip_wrapper_prefixes(inner)
+        micro = key == "model_state"
+        if not micro and not all(k.startswith(_SAM_PARTS) for k in state):
+            return None  # more than SAM under 'model': left to the SAM-UNet loader
+        fmt = "micro-sam checkpoint ('model_state'" + (" + 'decoder_state')" if "decoder_state" in obj else ")") if micro \
+            else f"SAM state dict wrapped under {key!r}"
+        others = []
+        for name in (str(k) for k in obj if k != key):
+            n = _count_tensors(obj[name])
+            what = " (micro-sam's instance-segmentation decoder)" if name == "decoder_state" else ""
+            others.append(f"{name}{what}" + (f": {n} tensors" if n else ""))
+        return state, fmt + (f", prefix {removed!r} stripped" if removed else ""), "; ".join(others)
+    return None
 
 
 def _infer_base_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
@@ -547,7 +633,8 @@ def load_official_sam(
     """
     p = _check_file(path)
     obj = _torch_load(p, trust=False, refusal=_official_refusal)
-    return _model_from_state(_official_state(obj, p), config_name, img_size, p)
+    model = _model_from_state(_official_state(obj, p), config_name, img_size, p)
+    return set_model_preprocessing(model, SAM_PREPROCESSING)
 
 
 def load_samunet_checkpoint(
@@ -568,7 +655,7 @@ def load_samunet_checkpoint(
     """
     p = _check_file(path)
     obj = _torch_load(p, trust=trust, refusal=_samunet_refusal)
-    return _model_from_training(obj, config_name, img_size, p)
+    return set_model_preprocessing(_model_from_training(obj, config_name, img_size, p), SAM_PREPROCESSING)
 
 
 # --------------------------------------------------------------------------- SAM-UNet repository (the paper's code)
@@ -716,13 +803,16 @@ def make_card(config: SamConfig, card: Mapping[str, Any] | None = None) -> dict[
     """A complete ``samsp-1`` model card: ``card``'s fields, defaults for the rest.
 
     ``format``, ``config`` and ``input_size`` always describe ``config``; unknown
-    keys are kept. The result is JSON-normalised (tuples become lists), so it
+    keys are kept. ``preprocessing`` (``"sam"`` or ``"samsp-v1"``, see
+    ``napari_samsp.transforms``) defaults to the legacy ``"samsp-v1"``, which every
+    card written before the field existed describes. The result is JSON-normalised (tuples become lists), so it
     compares equal to what :func:`read_card` returns.
     """
     given = dict(card or {})
     mode = given.get("mode", "semantic")
     if mode not in _CARD_MODES:
         raise ValueError(f"card mode must be one of {_CARD_MODES}, got {mode!r}")
+    preprocessing = check_preprocessing(given.get("preprocessing") or LEGACY_PREPROCESSING)
     training_data = list(given.get("training_data") or [])
     for entry in training_data:
         if not isinstance(entry, Mapping) or "name" not in entry or "count" not in entry:
@@ -740,6 +830,7 @@ def make_card(config: SamConfig, card: Mapping[str, Any] | None = None) -> dict[
         "created": given.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": mode,
         "num_passes": int(given.get("num_passes") or _DEFAULT_NUM_PASSES),
+        "preprocessing": preprocessing,
     }
     try:
         return json.loads(json.dumps(out))
@@ -773,13 +864,22 @@ def save_model(model: SamModel, path: str | os.PathLike[str], card: Mapping[str,
     model is never modified. Both files are written to temporary files beside the
     target, fsynced and renamed into place: a failure leaves any previous file intact.
 
+    The card's ``preprocessing`` is the model's own (``transforms.model_preprocessing``,
+    set by the loader from the parent's card), so a fine-tuned child inherits it.
+
     Raises:
         WeightsError: the path does not end in ``.safetensors``, or writing failed.
+        ValueError: the card names a preprocessing other than the model's.
     """
     target = Path(path).expanduser()
     if target.suffix != ".safetensors":
         raise WeightsError(f"model files must end in .safetensors, got {target}")
-    full_card = make_card(model.config, card)
+    prep = model_preprocessing(model)
+    if card.get("preprocessing") not in (None, prep):
+        raise ValueError(
+            f"the card says preprocessing {card.get('preprocessing')!r} but the model was prepared with {prep!r}"
+        )
+    full_card = make_card(model.config, {**card, "preprocessing": prep})
     to_save = model
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         to_save = copy.deepcopy(model)
@@ -865,6 +965,10 @@ def load_safetensors_model(path: str | os.PathLike[str]) -> tuple[SamModel, dict
     if missing or unexpected or mismatched:
         raise WeightsError(_describe_misfit(p, config, missing, unexpected, mismatched, state))
     model.load_state_dict(state, strict=True)
+    try:
+        set_model_preprocessing(model, card.get("preprocessing") or LEGACY_PREPROCESSING)
+    except ValueError as exc:
+        raise WeightsError(f"{p}: the model card's {exc}") from None
     return model.eval(), card
 
 
@@ -888,9 +992,19 @@ def _load_path(path: Path, trust: bool) -> LoadedModel:
         model_id = str(card.get("version") or _file_digest(p))
         return LoadedModel(model, card, model_id, str(p), bool(card.get("random", False)))
     obj = _torch_load(p, trust=trust, refusal=_official_refusal)
-    if _is_flat_state(obj):
-        model = _model_from_state(dict(obj), None, None, p)
-        origin = "official SAM checkpoint"
+    extra: dict[str, Any] = {}
+    found = _sam_state_in(obj)
+    if found is not None:
+        state, origin, ignored = found
+        try:
+            model = _model_from_state(state, None, None, p)
+        except WeightsError as exc:
+            raise WeightsError(f"{origin}: {exc}") from None
+        if ignored:
+            extra["ignored"] = ignored
+            report = f"{p}: loaded the SAM part of a {origin}; ignored {ignored}"
+            logger.info(report)
+            warnings.warn(report, stacklevel=3)
     else:
         state = _training_state(obj, p)
         if _is_samunet_repo_state(state):
@@ -904,7 +1018,12 @@ def _load_path(path: Path, trust: bool) -> LoadedModel:
         origin = "SAM-UNet training checkpoint"
     model_id = _file_digest(p)
     created = datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
-    card = make_card(model.config, {"version": model_id, "origin": origin, "created": created})
+    # Foreign weights were trained with upstream SAM's preprocessing.
+    set_model_preprocessing(model, SAM_PREPROCESSING)
+    card = make_card(
+        model.config,
+        {"version": model_id, "origin": origin, "created": created, "preprocessing": SAM_PREPROCESSING, **extra},
+    )
     return LoadedModel(model, card, model_id, str(p), False)
 
 
