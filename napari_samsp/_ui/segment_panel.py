@@ -19,13 +19,15 @@ def require_model(session) -> bool:
     return True
 
 
-def ensure_embedding(session, ws: Workspace, z: int | None, then=None) -> bool:
-    """Make the predictor hold the features of plane ``z`` of ``ws``.
+def ensure_embedding(session, ws: Workspace, z: int | None, then=None, window=None) -> bool:
+    """Make the predictor hold the features of plane ``z`` of ``ws`` (or of its ``window``,
+    a :class:`~napari_samsp.local_prompts.Window`; None: the whole plane).
 
     Returns True when they are ready now; otherwise starts a worker (cache lookup or
     encoder) and calls ``then()`` when it is done.
     """
-    if session.embedded == (ws.key, z) and session.predictor is not None:
+    key = (ws.key, z) if window is None else (ws.key, z, tuple(window))
+    if session.embedded == key and session.predictor is not None:
         return True
     if not require_model(session):
         return False
@@ -33,13 +35,14 @@ def ensure_embedding(session, ws: Workspace, z: int | None, then=None) -> bool:
 
     def work(ctx):
         t0 = time.perf_counter()
-        predictor.set_image(ws.model_plane(z))
+        plane = ws.model_plane(z)
+        predictor.set_image(plane if window is None else plane[window.slices])
         return predictor.last_embed_was_cached, time.perf_counter() - t0
 
     def done(result):
         cached, seconds = result
         if session.predictor is predictor:
-            session.embedded = (ws.key, z)
+            session.embedded = key
         where = "" if z is None else f" of slice {z}"
         session.messages.status(f"embedding{where} {'from the cache' if cached else 'computed'} in {seconds:.2f} s")
         if then is not None:
