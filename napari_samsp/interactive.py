@@ -401,6 +401,7 @@ def propagate_object(
     cancel: Callable[[], bool] | None = None,
     *,
     min_overlap: float = 0.2,
+    min_inside: float = 0.4,
     use_point: bool = True,
     tile: int | None = None,
     overlap: int | None = None,
@@ -415,7 +416,8 @@ def propagate_object(
     previous slice's mask most is kept: the object moves and changes size a little
     from slice to slice, it does not jump. A direction stops at the stack end, after
     ``max_slices``, or when the object vanishes or leaks: fewer than ``min_area`` px,
-    an IoU with the previous slice below ``min_overlap``, or a size change beyond
+    an IoU with the previous slice below ``min_overlap``, less than ``min_inside`` of the
+    new mask on the previous one (it moved onto a neighbour), or a size change beyond
     ``max_growth`` x either way.
 
     The previous slice's logits are not used as a dense prompt: with a box on a new
@@ -482,7 +484,14 @@ def propagate_object(
             if progress is not None:
                 progress(done, total)
             n = 0 if best is None else int(best.sum())
-            if n < min_area or best_iou < min_overlap or n > max_growth * area or n * max_growth < area:
+            inside = int(np.count_nonzero(best & prev)) / n if n else 0.0
+            if (
+                n < min_area
+                or best_iou < min_overlap
+                or inside < min_inside
+                or n > max_growth * area
+                or n * max_growth < area
+            ):
                 break
             new = np.zeros((h, w), bool)
             new[win.slices] = best
