@@ -9,6 +9,8 @@ coordinate, like a user's mouse; the embedded default model does the decoding.""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,12 +106,22 @@ def annotator(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     """A shown viewer with the widget docked and the embedded default model loaded."""
     monkeypatch.setenv("SAMSP_CACHE", "off")
     viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
     widget = SamspWidget(viewer, project=tmp_path / "project")
     viewer.window.add_dock_widget(widget, name="SAM-SP")
     assert widget.load_model("default") is not None
     wait(qtbot, widget)
     assert widget.session.loaded is not None and not widget.session.loaded.is_random
     return viewer, widget
+
+
+def snap(qtbot, viewer, name: str) -> None:
+    """With ``SAMSP_SCREENSHOT_DIR`` set: a screenshot of the whole window (docs/screenshots)."""
+    folder = os.environ.get("SAMSP_SCREENSHOT_DIR")
+    if folder:
+        qtbot.wait(200)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(Path(folder) / name), canvas_only=False)
 
 
 def wait(qtbot, widget, timeout=TIMEOUT):
@@ -151,6 +163,9 @@ def test_box_drawn_on_the_canvas_stays_in_its_box(annotator, qtbot):
 
     assert ndimage.label(obj, structure=np.ones((3, 3)))[1] == 1
     assert iou(obj, gt == target) > 0.4
+    viewer.camera.center = ((r0 + r1) / 2, (c0 + c1) / 2)
+    viewer.camera.zoom = viewer.camera.zoom * 2.5
+    snap(qtbot, viewer, "box_confined.png")
     # Sent with Shift+D: the stored mask is exactly that one piece.
     key(qtbot, viewer, "D")
     entry = w.session.store.entries()[-1]
@@ -194,6 +209,24 @@ def test_shift_r_carries_an_object_through_the_3d_sample(annotator, qtbot):
     reached = {z for z in range(12) if z != z0 and (ws.labels.data[z] == 5).any()}
     assert len(present) >= 3 and len(carried) >= len(present) - 1, (sorted(present), sorted(carried))
     assert len(reached - present) <= 1, (sorted(present), sorted(reached))
+    if os.environ.get("SAMSP_SCREENSHOT_DIR"):
+        from napari.utils.colormaps import DirectLabelColormap
+
+        ws.labels.colormap = DirectLabelColormap(color_dict={5: "orange", None: "transparent"})
+        ws.labels.opacity = 0.9
+        for lay in (layer, ws.labels):
+            lay.scale = (4, 1, 1)  # stretch z to show the slices
+        viewer.dims.ndisplay = 3
+        layer.opacity = 0.5
+        viewer.camera.angles = (0, -40, 60)
+        rows, cols = np.nonzero((gt == target).any(axis=0))
+        viewer.camera.center = (4 * z0, rows.mean(), cols.mean())
+        viewer.camera.zoom = 9
+        snap(qtbot, viewer, "propagated_stack_3d.png")
+        viewer.dims.ndisplay = 2
+        layer.opacity = 1.0
+        viewer.dims.set_point(0, 4 * max(reached))
+        snap(qtbot, viewer, "propagated_stack_slice.png")
 
 
 # --------------------------------------------------------------------------- break 5
@@ -228,6 +261,7 @@ def test_click_on_a_large_image_gives_an_object_sized_mask(annotator, qtbot):
     from napari_samsp._ui.workspace import PROMPT_POINT_PX
 
     assert ws.points.size[0] * zoom_in == pytest.approx(PROMPT_POINT_PX, rel=0.05)
+    snap(qtbot, viewer, "large_image_click.png")
     wheel(qtbot, viewer, layer, (r, c), -10)
     assert viewer.camera.zoom < zoom_in / 4
     assert ws.points.size[0] * viewer.camera.zoom == pytest.approx(PROMPT_POINT_PX, rel=0.05)
@@ -285,6 +319,7 @@ def test_folder_with_existing_masks_is_corrected_and_sent_with_provenance(annota
     assert new_id == existing.max() + 1 and (ws.labels.data == new_id).any(), w.session.messages.history[-3:]
     for i in np.unique(existing[existing > 0]):  # the existing objects are kept
         assert iou(ws.labels.data == i, existing == i) > 0.9
+    snap(qtbot, viewer, "existing_mask_corrected.png")
     key(qtbot, viewer, "D")
     store = w.session.store
     assert len(store) == 1
