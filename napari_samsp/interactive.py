@@ -28,12 +28,12 @@ __all__ = [
     "PropagationCancelled",
     "PromptSet",
     "StackNormaliser",
+    "innermost_pixel",
     "mask_box",
     "mask_to_logits",
     "new_label_id",
     "paint_mask",
     "prompts_on_plane",
-    "innermost_pixel",
     "propagate_object",
     "spatial_shape",
 ]

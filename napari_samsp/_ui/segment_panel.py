@@ -287,21 +287,28 @@ class SegmentPanel(QWidget):
         predictor = self.session.predictor
         n = ws.num_planes
         zs = list(range(n)) if ws.is_stack else [None]
+        from ..autoseg import default_tiling
+        from ..tiling import plan_tiles
+
+        threshold, tile, overlap = default_tiling(predictor.model.img_size)
+        large = max(ws.spatial[-2:]) > threshold  # clicks there are decoded in these tiles
 
         def work(ctx):
             hits = 0
             for i, z in enumerate(zs):
                 if ctx.cancelled():
                     break
-                predictor.set_image(ws.model_plane(z))
-                hits += int(predictor.last_embed_was_cached)
+                plane = ws.model_plane(z)
+                for y0, y1, x0, x1 in plan_tiles(plane.shape[:2], tile, overlap) if large else [(0, None, 0, None)]:
+                    predictor.set_image(plane[y0:y1, x0:x1])
+                    hits += int(predictor.last_embed_was_cached)
                 ctx.report(i + 1, len(zs))
             return zs[i], hits
 
         def done(result):
             last, hits = result
             if self.session.predictor is predictor:
-                self.session.embedded = (ws.key, last)
+                self.session.embedded = None if large else (ws.key, last)
             self.session.messages.status(f"embeddings ready for {len(zs)} plane(s) ({hits} from the cache)")
 
         return self.session.tasks.start("model", f"embedding {len(zs)} plane(s) of '{ws.name}'", work, on_done=done, total=len(zs))
