@@ -223,10 +223,6 @@ def test_shift_r_carries_an_object_through_the_3d_sample(annotator, qtbot):
         viewer.camera.center = (4 * z0, rows.mean(), cols.mean())
         viewer.camera.zoom = 9
         snap(qtbot, viewer, "propagated_stack_3d.png")
-        viewer.dims.ndisplay = 2
-        layer.opacity = 1.0
-        viewer.dims.set_point(0, 4 * max(reached))
-        snap(qtbot, viewer, "propagated_stack_slice.png")
 
 
 # --------------------------------------------------------------------------- break 5
