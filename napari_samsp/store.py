@@ -94,6 +94,7 @@ class Entry:
         mask_kind: "binary" (0/255 PNG) or "instance" (uint16 labels PNG).
         mask_hash: pixel_hash of the labels as :func:`napari_samsp.io.read_mask` returns them.
         rid: unique id of the manifest record.
+        edits: what the person changed before sending (pixels edited, clicks, boxes, brush strokes), if recorded.
     """
 
     stem: str
@@ -111,6 +112,7 @@ class Entry:
     mask_kind: str
     mask_hash: str
     rid: str
+    edits: dict[str, int] | None = None
 
     @classmethod
     def from_record(cls, root: Path, rec: dict[str, Any]) -> "Entry":
@@ -130,6 +132,7 @@ class Entry:
             mask_kind=rec.get("mask_kind", ""),
             mask_hash=rec.get("mask_hash", ""),
             rid=rec.get("rid", ""),
+            edits=rec.get("edits"),
         )
 
 
@@ -493,6 +496,7 @@ class AnnotationStore:
         corrected: bool = True,
         name: str | None = None,
         allow_empty: bool = False,
+        edits: dict[str, int] | None = None,
     ) -> Entry:
         """Store one 2D image with its labels, or update the entry of the same pixels and slice.
 
@@ -509,6 +513,8 @@ class AnnotationStore:
             corrected: whether a person corrected the mask (False: accepted as proposed).
             name: the stem's readable part (default: the source's file stem).
             allow_empty: accept an all-background mask (a valid "nothing here" annotation).
+            edits: what the person changed, e.g. ``{"pixels_edited": 120, "clicks": 2, "boxes": 0,
+                "brush_strokes": 1}`` (integers); recorded as the entry's ``edits``.
 
         Raises:
             InputImageError: invalid image or labels, labels of another size, or an empty mask;
@@ -542,6 +548,7 @@ class AnnotationStore:
                 "slice_index": slice_index,
                 "model_version": model_version,
                 "corrected": bool(corrected),
+                **({"edits": {str(k): int(v) for k, v in edits.items()}} if edits is not None else {}),
                 "n_objects": _count_objects(lab, is_binary),
                 "image_shape": list(img.shape),
                 "image_dtype": img.dtype.str,

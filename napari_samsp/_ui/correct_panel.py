@@ -11,6 +11,7 @@ from qtpy.QtWidgets import QCheckBox, QGridLayout, QLabel, QPushButton, QVBoxLay
 
 from ..errors import InputImageError, SamspError
 from ..interactive import ObjectEditor, new_label_id, paint_mask, propagate_object
+from .edits import was_corrected
 from .segment_panel import ensure_embedding, require_model
 
 
@@ -339,7 +340,10 @@ class CorrectPanel(QWidget):
         try:
             ws.check_labels()
             if not ws.has_labels():
-                raise InputImageError("the mask is empty: nothing to send (auto-segment or prompt an object first)")
+                raise InputImageError(
+                    f"the labels layer of '{ws.name}' was deleted: nothing to send (auto-segment, prompt or "
+                    "paint to make a new one)"
+                )
             zs = list(range(ws.num_planes)) if (ws.is_stack and every) else [ws.current_z()]
             planes = [(z, ws.labels_plane(z)) for z in zs]
             planes = [(z, p) for z, p in planes if p.any()]
@@ -349,9 +353,10 @@ class CorrectPanel(QWidget):
             entries = [
                 store.add(
                     ws.raw_plane(z), plane, source=ws.source, slice_index=z, model_version=s.model_id,
-                    corrected=True, name=ws.name,
+                    corrected=was_corrected(edits), name=ws.name, edits=edits,
                 )
                 for z, plane in planes
+                for edits in [s.edits.summary(ws, z, plane) if s.edits is not None else {"pixels_edited": 1}]
             ]
         except (SamspError, OSError) as exc:
             s.messages.exception(exc, "sending corrections")
@@ -362,5 +367,6 @@ class CorrectPanel(QWidget):
             s.queue.mark_sent(Path(path))
         s.store_changed.emit()
         what = f"{len(entries)} slices" if len(entries) > 1 else (f"slice {planes[0][0]}" if ws.is_stack else "image")
-        s.messages.info(f"sent {what} of '{ws.name}' to the store ({s.store_count()} corrected images)")
+        how = "corrected" if any(e.corrected for e in entries) else "accepted as proposed"
+        s.messages.info(f"sent {what} of '{ws.name}' to the store, {how} ({s.store_count()} corrected images in the store)")
         return entries
