@@ -48,7 +48,7 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "Shift-R": ("propagate the object through the stack (3D)", "propagate"),
     "Shift-D": ("send corrections to the store (done)", "send_corrections"),
     "Shift-N": ("next image of the queue", "next_image"),
-    "Shift-A": ("accept the labels as they are: send them and open the next image", "accept_and_next"),
+    "Shift-Enter": ("accept the labels as they are: send them and open the next image", "accept_and_next"),
 }
 
 
@@ -105,11 +105,15 @@ class SamspWidget(QWidget):
         col = QVBoxLayout(body)
         col.setContentsMargins(0, 0, 0, 0)
         col.setSpacing(2)
-        col.addWidget(_section("Model", self.model_panel))
-        col.addWidget(_section("Image && auto-segment", self.segment_panel))
-        col.addWidget(_section("Correct && send", self.correct_panel))
-        col.addWidget(_section("Fine-tune && versions", self.train_panel, expanded=False))
-        col.addWidget(_section("Queue && export", self.queue_panel, expanded=False))
+        self.sections = {  # title -> collapsible section (expand() is what a click on its header does)
+            "model": _section("Model", self.model_panel),
+            "segment": _section("Image && auto-segment", self.segment_panel),
+            "correct": _section("Correct && send", self.correct_panel),
+            "train": _section("Fine-tune && versions", self.train_panel, expanded=False),
+            "queue": _section("Queue && export", self.queue_panel, expanded=False),
+        }
+        for section in self.sections.values():
+            col.addWidget(section)
         col.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)

@@ -49,7 +49,15 @@ def press(qtbot, viewer, key, modifier=Qt.ShiftModifier):
 
 
 def click(qtbot, button):
-    assert button.isEnabled(), button.text()
+    """A left click on a dock widget, scrolled into view first, as a user would."""
+    from qtpy.QtWidgets import QScrollArea
+
+    parent = button.parentWidget()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parentWidget()
+    if parent is not None:
+        parent.ensureWidgetVisible(button)
+    assert button.isVisible() and button.isEnabled(), button.text()
     qtbot.mouseClick(button, Qt.LeftButton)
 
 
@@ -96,12 +104,18 @@ def annotator(make_napari_viewer, qtbot, tmp_path):
     viewer.window._qt_window.resize(1200, 800)
     widget = SamspWidget(viewer, project=tmp_path / "project")
     viewer.window.add_dock_widget(widget, name="SAM-SP")
+    for section in widget.sections.values():  # the user opens the collapsed sections
+        section.expand(animate=False)
+    qtbot.waitUntil(widget.model_panel.load_button.isVisible, timeout=10_000)
     assert widget.model_panel.source.currentData() == "default"
     click(qtbot, widget.model_panel.load_button)
     wait(qtbot, widget)
     assert widget.session.loaded is not None and not widget.session.loaded.is_random
     qtbot.wait(50)
-    return viewer, widget
+    yield viewer, widget
+    # Shown with a failing test: what the user was told.
+    for level, text in widget.session.messages.history:
+        print(f"{level}: {text}")
 
 
 def nuclei_image(seed=1, shape=(128, 128), n=6):
@@ -229,7 +243,7 @@ def test_break2_the_live_training_plot_shows_the_whole_run(annotator, qtbot):
     assert last >= 5
     lo, hi = plot.ax.get_xlim()
     assert lo <= 0 and hi >= last  # every step is inside the visible x-range
-    assert plot.ax.get_lines()[0].get_xdata().size == len(plot.loss)
+    assert len(plot.ax.get_lines()[0].get_xdata()) == len(plot.loss)
 
 
 # -- break 6 -------------------------------------------------------------------------------
@@ -351,7 +365,7 @@ def test_break8_status_counts_regions_and_dock_shows_progress_without_toasts(ann
     n = ndimage.label(viewer.layers["regions labels"].data > 0)[1]
     assert n > 1
     assert f"{n} foreground regions" in w.status.text()
-    assert f"Regions: <b>{n}</b>" in w.counts.text()
+    qtbot.waitUntil(lambda: f"Regions: <b>{n}</b>" in w.counts.text(), timeout=3000)
     press(qtbot, viewer, Qt.Key_D)  # send: a message, in the dock, not a toast
     assert "sent image" in w.status.text()
     assert len(notification_manager.records) == shown
@@ -364,8 +378,8 @@ def test_break8_sends_record_what_was_changed(annotator, qtbot, tmp_path):
     w.open_folder(folder, rank=False)
     wait(qtbot, w)
     store = w.session.store
-    # Accepted as proposed (Shift+A: send and next image).
-    press(qtbot, viewer, Qt.Key_A)
+    # Accepted as proposed (Shift+Enter: send and next image).
+    press(qtbot, viewer, Qt.Key_Return)
     wait(qtbot, w)
     first = store.entries()[-1]
     assert first.corrected is False and first.edits == {"pixels_edited": 0, "clicks": 0, "boxes": 0, "brush_strokes": 0}
@@ -433,22 +447,27 @@ def test_keyboard_only_flow_counts_and_model_lineage(annotator, qtbot, tmp_path)
     assert w.session.queue.index == 0
     labels = w.session.workspace.labels
     n0 = len(np.unique(labels.data[labels.data > 0]))
-    assert f"Objects: <b>{n0}</b>" in w.counts.text() and "Corrected images: <b>0</b>" in w.counts.text()
+    assert n0 > 0
+    qtbot.waitUntil(lambda: f"Objects: <b>{n0}</b>" in w.counts.text(), timeout=3000)
+    assert "Corrected images: <b>0</b>" in w.counts.text()
     press(qtbot, viewer, Qt.Key_U)  # undo the auto-segmentation
-    qtbot.wait(300)
     assert not w.session.workspace.labels.data.any()
-    assert "Objects: <b>0</b>" in w.counts.text()
+    qtbot.waitUntil(lambda: "Objects: <b>0</b>" in w.counts.text(), timeout=3000)
     press(qtbot, viewer, Qt.Key_U)
     press(qtbot, viewer, Qt.Key_N)  # next image without sending
     wait(qtbot, w)
     assert w.session.queue.index == 1
     brush_stroke(qtbot, viewer, w.session.workspace.labels, 30, 10, 40, label=99)
     press(qtbot, viewer, Qt.Key_D)  # send
-    qtbot.wait(300)
-    assert "Corrected images: <b>1</b>" in w.counts.text() and "Queue: 1/3 sent" in w.counts.text()
-    press(qtbot, viewer, Qt.Key_A)  # accept the last one as proposed
+    qtbot.waitUntil(lambda: "Corrected images: <b>1</b>" in w.counts.text(), timeout=3000)
+    assert "Queue: 1/3 sent" in w.counts.text()
+    press(qtbot, viewer, Qt.Key_N)
     wait(qtbot, w)
-    assert len(w.session.store) == 2
+    assert w.session.queue.index == 2
+    press(qtbot, viewer, Qt.Key_Return)  # Shift+Enter: accept the last one as proposed
+    wait(qtbot, w)
+    assert len(w.session.store) == 2 and w.session.store_count() == 1  # 2 sent, 1 of them corrected
+    qtbot.waitUntil(lambda: "Queue: 2/3 sent" in w.counts.text(), timeout=3000)
 
     # The model card says where the model came from.
     loaded = w.session.loaded

@@ -70,7 +70,7 @@ class CorrectPanel(QWidget):
         self.send_button = QPushButton("Send corrections to the store")
         self.send_button.setToolTip(
             "Save the image (slice) and its labels in the project's annotation store, the training set of the "
-            "next fine-tuning [Shift+Enter]"
+            "next fine-tuning [Shift+D]"
         )
         self.send_button.clicked.connect(lambda: self.send_corrections())
         self.all_slices = QCheckBox("all annotated slices")

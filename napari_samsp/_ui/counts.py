@@ -12,7 +12,13 @@ def count_objects(labels: np.ndarray, mode: str) -> int:
     """Label ids in use (instance), or connected foreground regions (semantic); (H, W) or (Z, H, W)."""
     arr = np.asarray(labels)
     if mode == "instance":
-        return int(len(np.unique(arr[arr > 0])))
+        flat = arr.ravel()
+        top = int(flat.max(initial=0))
+        if top == 0:
+            return 0
+        if np.issubdtype(flat.dtype, np.integer) and flat.min(initial=0) >= 0 and top < 5_000_000:
+            return int(np.count_nonzero(np.bincount(flat.astype(np.intp, copy=False))[1:]))
+        return int(len(np.unique(flat[flat > 0])))
     from scipy import ndimage
 
     return int(ndimage.label(arr > 0)[1])
@@ -49,7 +55,7 @@ class CountsLabel(QLabel):
         if layer is self._labels:
             return
         for old in [self._labels] if self._labels is not None else []:
-            for name in ("data", "paint", "labels_update"):
+            for name in ("data", "paint", "labels_update", "set_data"):
                 emitter = getattr(old.events, name, None)
                 if emitter is not None:
                     try:
@@ -58,7 +64,7 @@ class CountsLabel(QLabel):
                         pass
         self._labels = layer
         if layer is not None:
-            for name in ("data", "paint", "labels_update"):
+            for name in ("data", "paint", "labels_update", "set_data"):
                 emitter = getattr(layer.events, name, None)
                 if emitter is not None:
                     emitter.connect(self.schedule)

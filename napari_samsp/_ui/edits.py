@@ -78,7 +78,7 @@ class EditTracker:
         elif kind == "Labels":
 
             def on_paint(event) -> None:
-                if owner_is_current():
+                if owner_is_current() and not self.session.workspace.writing:
                     self._counts.setdefault(key, EditCounts()).brush_strokes += 1
 
             layer.events.paint.connect(on_paint)
