@@ -368,5 +368,6 @@ class CorrectPanel(QWidget):
         s.store_changed.emit()
         what = f"{len(entries)} slices" if len(entries) > 1 else (f"slice {planes[0][0]}" if ws.is_stack else "image")
         how = "corrected" if any(e.corrected for e in entries) else "accepted as proposed"
-        s.messages.info(f"sent {what} of '{ws.name}' to the store, {how} ({s.store_count()} corrected images in the store)")
+        n = s.store_count()
+        s.messages.info(f"sent {what} of '{ws.name}' to the store, {how} ({n} corrected image{'s' if n != 1 else ''} in the store)")
         return entries
