@@ -155,8 +155,16 @@ def main(out_dir: Path) -> int:
     shot("ffm_5_finetune.png")
 
     # 6. A model change never overwrites corrected labels: the new model's result goes to a preview layer.
-    if widget.session.versions.list():
-        show_sections("Fine-tune", "Image")
+    versions = widget.session.versions
+    if not versions.list():
+        # Fine-tuning kept the base (no step beat it on validation), so there is no version to switch
+        # to: save the current weights as one, standing for a version made earlier.
+        loaded = widget.session.loaded
+        card = {k: v for k, v in loaded.card.items() if k != "version"}
+        versions.add(loaded.model, {**card, "parent": loaded.card.get("version")})
+        widget.train_panel.refresh_versions()
+    if versions.list():
+        show_sections("Fine-tune", "Model")
         labels = widget.session.workspace.labels
         viewer.layers.selection.active = labels
         labels.mode = "paint"
@@ -167,7 +175,8 @@ def main(out_dir: Path) -> int:
             QTest.mouseMove(native, QPoint(a.x() + (b.x() - a.x()) * k // 8, a.y()))
         QTest.mouseRelease(native, Qt.LeftButton, Qt.NoModifier, b)
         pump(200)
-        click(widget.train_panel.rollback_button)
+        widget.train_panel.versions_list.setCurrentRow(len(versions.list()) - 1)
+        click(widget.train_panel.use_button)
         wait_idle(widget, 300)
         wait_idle(widget, 300)
         shot("ffm_6_model_change.png")
