@@ -285,7 +285,9 @@ class SegmentPanel(QWidget):
             )
             self.previews[ws.key] = layer
             if ws.has_labels():  # the user's labels stay on top of (and selected over) the preview
-                self.viewer.layers.selection.active = ws.labels
+                layers = self.viewer.layers
+                layers.move(layers.index(layer), layers.index(ws.labels))
+                layers.selection.active = ws.labels
         data = np.zeros(ws.spatial, np.uint32) if not ws.is_stack else np.asarray(layer.data)
         if ws.is_stack:
             data[z] = labels
