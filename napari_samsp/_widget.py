@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QScrollArea,
     QToolButton,
@@ -28,6 +29,8 @@ from ._ui.compat import guard_triton
 guard_triton()  # before anything imports torchvision (see compat.guard_triton)
 
 from ._ui.correct_panel import CorrectPanel  # noqa: E402
+from ._ui.counts import CountsLabel  # noqa: E402
+from ._ui.edits import EditTracker  # noqa: E402
 from ._ui.model_panel import ModelPanel  # noqa: E402
 from ._ui.queue_panel import QueuePanel  # noqa: E402
 from ._ui.segment_panel import SegmentPanel  # noqa: E402
@@ -45,6 +48,7 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "Shift-R": ("propagate the object through the stack (3D)", "propagate"),
     "Shift-D": ("send corrections to the store (done)", "send_corrections"),
     "Shift-N": ("next image of the queue", "next_image"),
+    "Shift-Enter": ("accept the labels as they are: send them and open the next image", "accept_and_next"),
 }
 
 
@@ -86,11 +90,12 @@ class SamspWidget(QWidget):
         self.viewer = napari_viewer
         self.session = Session(napari_viewer, project)
         self.session.tasks = TaskRunner(self.session.messages, self)
+        self.session.edits = EditTracker(self.session)
 
         self.model_panel = ModelPanel(self.session)
         self.segment_panel = SegmentPanel(self.session)
         self.correct_panel = CorrectPanel(self.session, self.segment_panel)
-        self.train_panel = TrainPanel(self.session, resegment=self.segment_panel.segment_current)
+        self.train_panel = TrainPanel(self.session, resegment=self.segment_panel.after_model_change)
         self.queue_panel = QueuePanel(self.session, self.segment_panel)
 
         outer = QVBoxLayout(self)
@@ -100,11 +105,15 @@ class SamspWidget(QWidget):
         col = QVBoxLayout(body)
         col.setContentsMargins(0, 0, 0, 0)
         col.setSpacing(2)
-        col.addWidget(_section("Model", self.model_panel))
-        col.addWidget(_section("Image && auto-segment", self.segment_panel))
-        col.addWidget(_section("Correct && send", self.correct_panel))
-        col.addWidget(_section("Fine-tune && versions", self.train_panel, expanded=False))
-        col.addWidget(_section("Queue && export", self.queue_panel, expanded=False))
+        self.sections = {  # title -> collapsible section (expand() is what a click on its header does)
+            "model": _section("Model", self.model_panel),
+            "segment": _section("Image && auto-segment", self.segment_panel),
+            "correct": _section("Correct && send", self.correct_panel),
+            "train": _section("Fine-tune && versions", self.train_panel, expanded=False),
+            "queue": _section("Queue && export", self.queue_panel, expanded=False),
+        }
+        for section in self.sections.values():
+            col.addWidget(section)
         col.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -112,6 +121,17 @@ class SamspWidget(QWidget):
         scroll.setFrameShape(QScrollArea.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         outer.addWidget(scroll, 1)
+
+        self.counts = CountsLabel(self.session, self.segment_panel.mode)
+        outer.addWidget(self.counts)
+        self.progress = QProgressBar()
+        self.progress.setToolTip("Progress of the running segmentation / embedding / ranking (Cancel stops it)")
+        self.progress.setTextVisible(True)
+        self.progress.setMaximumHeight(14)
+        self.progress.hide()
+        outer.addWidget(self.progress)
+        self._watched_task = None
+        self._shown_ws = None
 
         status_row = QHBoxLayout()
         self.status = QLabel("Load a model to start.")
@@ -164,13 +184,50 @@ class SamspWidget(QWidget):
         color = {"error": "#ff6b6b", "warning": "#ffb86c"}.get(level)
         self.status.setStyleSheet(f"color: {color}" if color else "")
         self.status.setText(text)
+        try:
+            self.viewer.status = text  # napari's status bar too (no toast over the canvas)
+        except Exception:
+            pass
 
     def _on_tasks(self) -> None:
-        self.cancel_button.setEnabled(self.session.tasks.busy("model"))
+        busy = self.session.tasks.busy("model")
+        self.cancel_button.setEnabled(busy)
+        task = self.session.tasks.tasks.get("model")
+        if task is None:
+            self.progress.hide()
+            self._watched_task = None
+            return
+        if task is not self._watched_task:
+            self._watched_task = task
+            self.progress.setRange(0, 0)  # busy until the first report
+            self.progress.setFormat(task.desc[:60] + " %p%")
+            task.progress_listeners.append(self._on_progress)
+            self.progress.show()
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(min(done, total))
 
     def _on_workspace(self, ws) -> None:
         if ws is not None:
             self.correct_panel.ensure_layers()
+        self._show_only(ws)
+
+    def _show_only(self, ws) -> None:
+        """One image and its layers at a time: hide the previous workspace's image, labels,
+        prompts, boxes and preview; show the current ones."""
+        previous, self._shown_ws = self._shown_ws, ws
+        layers = self.viewer.layers
+        if previous is not None and previous is not ws and (ws is None or previous.image is not ws.image):
+            preview = self.segment_panel.preview_layer(previous)
+            for layer in [previous.image, *previous.companions(), preview]:
+                if layer is not None and layer in layers:
+                    layer.visible = False
+        if ws is not None:
+            for layer in [ws.image, *ws.companions()]:
+                if layer in layers:
+                    layer.visible = True
 
     # -- public actions (buttons, keys and tests all come through here) ----------------------
     def set_project(self, folder: str | Path) -> None:
@@ -238,6 +295,17 @@ class SamspWidget(QWidget):
 
     def next_image(self):
         return self.queue_panel.next_image()
+
+    def accept_and_next(self):
+        """Keep the labels as proposed (or as corrected): send them, then open the next queue image."""
+        if self.send_corrections() is None:
+            return None
+        if self.session.queue is None:
+            return None
+        return self.next_image()
+
+    def use_preview(self) -> bool:
+        return self.segment_panel.use_preview()
 
     def export_labels(self, path: str | Path):
         return self.queue_panel.export_labels(path)

@@ -424,13 +424,47 @@ def segment_image(
     thr_default, _, _ = default_tiling(predictor.model.img_size)
     thr = int(tile_threshold or thr_default)
     if max(h, w) > thr:
-        return segment_tiled(predictor, image, tile_size, overlap, mode=mode, progress=progress, cancel=cancel, **kwargs)
+        res = segment_tiled(predictor, image, tile_size, overlap, mode=mode, progress=progress, cancel=cancel, **kwargs)
+        return mask_transparent(res, image)
     if cancel is not None and cancel():
         raise SegmentationCancelled("segmentation cancelled")
     res = segment(predictor, image, mode=mode, **kwargs)
     if progress is not None:
         progress(1, 1)
-    return res
+    return mask_transparent(res, image)
+
+
+def transparent_mask(image: np.ndarray) -> np.ndarray | None:
+    """(H, W) bool, True where an RGBA image (H, W, 4) is fully transparent (alpha 0); None otherwise."""
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 4:
+        return None
+    clear = arr[..., 3] == 0
+    return clear if clear.any() else None
+
+
+def mask_transparent(res: AutoSegResult, image: np.ndarray) -> AutoSegResult:
+    """Fully transparent pixels of an RGBA image are background: no label, probability 0.
+
+    Objects left with no pixel disappear; instance ids are renumbered 1..N (scores follow).
+    """
+    clear = transparent_mask(image)
+    if clear is None or clear.shape != res.labels.shape:
+        return res
+    labels = res.labels.copy()
+    labels[clear] = 0
+    scores = dict(res.scores)
+    if labels.max(initial=0) > 1:
+        labels, fwd, _ = relabel_sequential(labels)
+        labels = labels.astype(res.labels.dtype)
+        kept = {int(k) for k in fwd.in_values.tolist() if k > 0}
+        scores = {int(fwd[k]): v for k, v in res.scores.items() if int(k) in kept}
+    return AutoSegResult(
+        labels=labels,
+        probability=np.where(clear, 0, res.probability).astype(res.probability.dtype),
+        scores=scores,
+        pass_probabilities=[np.where(clear, 0, p).astype(p.dtype) for p in res.pass_probabilities],
+    )
 
 
 def _normalise_stack(planes: list[np.ndarray]) -> list[np.ndarray]:

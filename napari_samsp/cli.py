@@ -179,7 +179,10 @@ def cmd_rank(args) -> int:
     paths = find_images(args.inputs)
     loaded = _load(args)
     predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache.default())
-    for row in rank_paths(predictor, paths, store=args.store, num_passes=int(loaded.card.get("num_passes", 2))):
+    from .work_queue import rank_options
+
+    # The plugin's ranked queue uses the same options (rank_options): both give the same order.
+    for row in rank_paths(predictor, paths, **rank_options(loaded.card, args.mode, args.store)):
         print(json.dumps(row), flush=True)
     return 0
 
@@ -261,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rank", help="rank unlabeled images for annotation (lowest expected Dice first)")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--store", default=None, help="annotation store used to calibrate the reward")
+    p.add_argument("--mode", choices=["semantic", "instance"], default=None,
+                   help="mode of the masks that are scored (default: the model card's); the plugin's Mode box")
     model_args(p)
     p.set_defaults(func=cmd_rank)
     return ap

@@ -96,6 +96,7 @@ class Entry:
         rid: unique id of the manifest record.
         mask_source: where the mask started from when not from the model, e.g.
             ``existing:/data/masks/a.png`` (a Cellpose / StarDist / colleague's mask the user corrected).
+        edits: what the person changed before sending (pixels edited, clicks, boxes, brush strokes), if recorded.
     """
 
     stem: str
@@ -114,6 +115,7 @@ class Entry:
     mask_hash: str
     rid: str
     mask_source: str | None = None
+    edits: dict[str, int] | None = None
 
     @classmethod
     def from_record(cls, root: Path, rec: dict[str, Any]) -> "Entry":
@@ -134,6 +136,7 @@ class Entry:
             mask_hash=rec.get("mask_hash", ""),
             rid=rec.get("rid", ""),
             mask_source=rec.get("mask_source"),
+            edits=rec.get("edits"),
         )
 
 
@@ -498,6 +501,7 @@ class AnnotationStore:
         name: str | None = None,
         allow_empty: bool = False,
         mask_source: str | None = None,
+        edits: dict[str, int] | None = None,
     ) -> Entry:
         """Store one 2D image with its labels, or update the entry of the same pixels and slice.
 
@@ -516,6 +520,8 @@ class AnnotationStore:
             allow_empty: accept an all-background mask (a valid "nothing here" annotation).
             mask_source: where the mask started from when not from the model
                 (``existing:<mask file>``); recorded only when given.
+            edits: what the person changed, e.g. ``{"pixels_edited": 120, "clicks": 2, "boxes": 0,
+                "brush_strokes": 1}`` (integers); recorded as the entry's ``edits``.
 
         Raises:
             InputImageError: invalid image or labels, labels of another size, or an empty mask;
@@ -549,6 +555,7 @@ class AnnotationStore:
                 "slice_index": slice_index,
                 "model_version": model_version,
                 "corrected": bool(corrected),
+                **({"edits": {str(k): int(v) for k, v in edits.items()}} if edits is not None else {}),
                 "n_objects": _count_objects(lab, is_binary),
                 "image_shape": list(img.shape),
                 "image_dtype": img.dtype.str,

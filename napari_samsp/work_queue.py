@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import DataLayoutError
 from .io import IMAGE_SUFFIXES, find_images
 
-__all__ = ["MASK_NAME_SUFFIXES", "WorkQueue", "find_existing_mask", "order_images", "ranking_available"]
+__all__ = ["MASK_NAME_SUFFIXES", "WorkQueue", "find_existing_mask", "order_images", "rank_options", "ranking_available"]
 
 # Mask files next to their image: Cellpose writes <stem>_cp_masks.png; others <stem>_masks / _mask / _labels.
 MASK_NAME_SUFFIXES = ("_cp_masks", "_masks", "_mask", "_labels")
@@ -62,22 +62,39 @@ def ranking_available() -> bool:
     return True
 
 
-def order_images(paths: Sequence[Path], predictor=None, **rank_kwargs) -> list[Path]:
+def rank_options(card: dict | None, mode: str | None = None, store=None) -> dict:
+    """The ranking options the plugin and ``samsp rank`` share, so both order images alike.
+
+    ``mode``: the segmentation mode whose masks are scored (default: the model card's mode, else
+    semantic); ``num_passes``: the card's; ``store``: the annotation store (path or store) that
+    calibrates the expected Dice, or None.
+    """
+    card = card or {}
+    chosen = mode or (card.get("mode") if card.get("mode") in ("semantic", "instance") else "semantic")
+    if chosen not in ("semantic", "instance"):
+        raise ValueError(f"mode must be semantic or instance, got {chosen!r}")
+    return {"mode": chosen, "num_passes": int(card.get("num_passes") or 2), "store": store}
+
+
+def order_images(paths: Sequence[Path], predictor=None, rows: list | None = None, **rank_kwargs) -> list[Path]:
     """The order to annotate ``paths`` in: the one place to change it.
 
-    With a predictor and the reward module: ``reward.rank_images`` order (lowest
-    expected Dice first, near-duplicates pushed down; ``rank_kwargs`` such as
-    ``store``, ``num_passes``, ``mode``, ``progress`` are passed on). Otherwise:
-    sorted by path.
+    With a predictor and the reward module: ``reward.rank_paths`` order, exactly what
+    ``samsp rank`` prints (lowest expected Dice first, near-duplicates pushed down;
+    ``rank_kwargs`` such as ``store``, ``num_passes``, ``mode``, ``progress`` are passed on;
+    see :func:`rank_options`). Otherwise: sorted by path. ``rows``: a list that receives the
+    ranking rows (``image``, ``expected_dice``, ...).
     """
     plain = sorted(Path(p) for p in paths)
     if predictor is None or not plain or not ranking_available():
         return plain
-    from .reward import rank_images
+    from .reward import rank_paths
 
-    rows = rank_images(predictor, [str(p) for p in plain], **rank_kwargs)
+    ranked = list(rank_paths(predictor, [str(p) for p in plain], **rank_kwargs))
+    if rows is not None:
+        rows.extend(ranked)
     order: list[Path] = []
-    for row in rows:
+    for row in ranked:
         idx = row.get("index") if isinstance(row, dict) else None
         if isinstance(idx, int) and 0 <= idx < len(plain) and plain[idx] not in order:
             order.append(plain[idx])
@@ -93,7 +110,12 @@ class WorkQueue:
     """
 
     def __init__(self, paths: Sequence[Path], order: OrderFn = order_images, predictor=None, **rank_kwargs) -> None:
+        rows: list[dict] = []
+        if order is order_images:
+            rank_kwargs["rows"] = rows
         self.items: list[Path] = list(order([Path(p) for p in paths], predictor, **rank_kwargs))
+        # path -> its ranking row (expected_dice, ...); empty when the queue is in file order
+        self.scores: dict[Path, dict] = {Path(r["image"]): r for r in rows if isinstance(r, dict) and "image" in r}
         self.index = -1
         self.sent: set[Path] = set()
         self.masks_dir: Path | None = None  # DIR/masks of a folder in the data layout

@@ -45,15 +45,22 @@ setup() { system_packages; python_env; }
 demo() {
   setup
   local out=$ROOT/out/demo
-  mkdir -p "$out/images"
+  # Each image gets the mode that fits it: many objects (nuclei) -> the model card's mode;
+  # one object per image (a fetal head, the synthetic ultrasound) -> semantic, so it is one region.
+  rm -rf "$out/images"
+  mkdir -p "$out/images/objects" "$out/images/single_object"
   "$PY" scripts/demo.py --write-samples "$out/images"
+  mv "$out/images/sample_nuclei.tif" "$out/images/objects/"
+  mv "$out/images/sample_ultrasound.png" "$out/images/single_object/"
   if [ -d "$SAMSP_DATA/dsb2018_nuclei/images" ]; then
     # A few real images too (copied into out/, never into the repository).
     local nuclei=("$SAMSP_DATA"/dsb2018_nuclei/images/*) heads=("$SAMSP_DATA"/hc18_fetal_head_us/images/*)
-    cp "${nuclei[@]:0:2}" "${heads[@]:0:1}" "$out/images/"
+    cp "${nuclei[@]:0:2}" "$out/images/objects/"
+    cp "${heads[@]:0:1}" "$out/images/single_object/"
   fi
-  echo "== headless: samsp segment =="
-  "$VENV/bin/samsp" segment "$out/images" -o "$out/labels" --mode instance
+  echo "== headless: samsp segment (nuclei: the model card's mode; single-object images: semantic) =="
+  "$VENV/bin/samsp" segment "$out/images/objects" -o "$out/labels"
+  "$VENV/bin/samsp" segment "$out/images/single_object" -o "$out/labels" --mode semantic
   echo "labels written to $out/labels"
   echo "== napari demo =="
   if [ -n "${DISPLAY:-}" ]; then

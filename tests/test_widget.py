@@ -219,7 +219,7 @@ def test_finetune_failure_cancel_and_success(annotator, qtbot, monkeypatch):
     model_before = w.session.loaded
 
     # Fails mid-way: clean message, nothing activated, buttons usable again.
-    def diverging(base, data_dirs, versions, config=None, callbacks=None):
+    def diverging(base, data_dirs, versions, config=None, callbacks=None, **kwargs):
         callbacks.progress(1, config.steps)
         callbacks.on_loss(1, {"total": 1.0})
         raise TrainingDiverged("loss was NaN/inf for 10 steps in a row at step 3; stopped")
@@ -232,7 +232,7 @@ def test_finetune_failure_cancel_and_success(annotator, qtbot, monkeypatch):
     assert w.train_panel.start_button.isEnabled()
 
     # Cancel while running.
-    def slow(base, data_dirs, versions, config=None, callbacks=None):
+    def slow(base, data_dirs, versions, config=None, callbacks=None, **kwargs):
         import time
 
         for step in range(10_000):
@@ -257,11 +257,16 @@ def test_finetune_failure_cancel_and_success(annotator, qtbot, monkeypatch):
     wait(qtbot, w)
     errors = [text for level, text in w.session.messages.history[seen:] if level == "error"]
     assert not errors, errors
+    assert "→" in w.train_panel.result.text()
+    assert w.train_panel.plot.loss  # live loss curve got points
+    if w.train_panel.last_outcome.kept_base:
+        # No step beat the base (2 steps of a random model rarely do): no new version, model unchanged.
+        assert versions.list() == [] and versions.active() is None and w.session.loaded is model_before
+        assert "no new version" in w.train_panel.result.text()
+        return
     active = versions.active()
     assert active is not None
     assert w.session.loaded is not model_before and w.session.model_id == active.version
-    assert "→" in w.train_panel.result.text()
-    assert w.train_panel.plot.loss  # live loss curve got points
     assert viewer.layers["work labels"].data.shape == (64, 64)  # re-segmented with the new model
     # Roll back to the base model.
     assert w.rollback() is not None

@@ -12,6 +12,7 @@ from qtpy.QtWidgets import QCheckBox, QGridLayout, QLabel, QPushButton, QVBoxLay
 from ..errors import InputImageError, SamspError
 from ..interactive import new_label_id, paint_mask, propagate_object
 from ..local_prompts import Window, WindowedEditor, choose_window, prompt_extent
+from .edits import was_corrected
 from .segment_panel import ensure_embedding, require_model
 
 
@@ -70,7 +71,7 @@ class CorrectPanel(QWidget):
         self.send_button = QPushButton("Send corrections to the store")
         self.send_button.setToolTip(
             "Save the image (slice) and its labels in the project's annotation store, the training set of the "
-            "next fine-tuning [Shift+Enter]"
+            "next fine-tuning [Shift+D]"
         )
         self.send_button.clicked.connect(lambda: self.send_corrections())
         self.all_slices = QCheckBox("all annotated slices")
@@ -358,7 +359,10 @@ class CorrectPanel(QWidget):
         try:
             ws.check_labels()
             if not ws.has_labels():
-                raise InputImageError("the mask is empty: nothing to send (auto-segment or prompt an object first)")
+                raise InputImageError(
+                    f"the labels layer of '{ws.name}' was deleted: nothing to send (auto-segment, prompt or "
+                    "paint to make a new one)"
+                )
             zs = list(range(ws.num_planes)) if (ws.is_stack and every) else [ws.current_z()]
             planes = [(z, ws.labels_plane(z)) for z in zs]
             planes = [(z, p) for z, p in planes if p.any()]
@@ -368,10 +372,11 @@ class CorrectPanel(QWidget):
             entries = [
                 store.add(
                     ws.raw_plane(z), plane, source=ws.source, slice_index=z, model_version=s.model_id,
-                    corrected=True, name=ws.name,
+                    corrected=was_corrected(edits), name=ws.name, edits=edits,
                     **({"mask_source": ws.mask_source} if getattr(ws, "mask_source", None) else {}),
                 )
                 for z, plane in planes
+                for edits in [s.edits.summary(ws, z, plane) if s.edits is not None else {"pixels_edited": 1}]
             ]
         except (SamspError, OSError) as exc:
             s.messages.exception(exc, "sending corrections")
@@ -382,5 +387,7 @@ class CorrectPanel(QWidget):
             s.queue.mark_sent(Path(path))
         s.store_changed.emit()
         what = f"{len(entries)} slices" if len(entries) > 1 else (f"slice {planes[0][0]}" if ws.is_stack else "image")
-        s.messages.info(f"sent {what} of '{ws.name}' to the store ({s.store_count()} corrected images)")
+        how = "corrected" if any(e.corrected for e in entries) else "accepted as proposed"
+        n = s.store_count()
+        s.messages.info(f"sent {what} of '{ws.name}' to the store, {how} ({n} corrected image{'s' if n != 1 else ''} in the store)")
         return entries

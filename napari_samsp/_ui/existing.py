@@ -35,6 +35,8 @@ def open_existing_mask(session, mask_path: Path | None) -> bool:
         session.messages.exception(exc, "opening the existing mask")
         return False
     ws.mask_source = f"existing:{Path(mask_path).resolve()}"
+    if session.edits is not None:  # edits are counted against the mask as it was brought, not against nothing
+        session.edits.set_proposal(ws, None, mask)
     ws.labels.selected_label = int(mask.max(initial=0)) + 1
     n = int(mask.max(initial=0))
     session.messages.status(

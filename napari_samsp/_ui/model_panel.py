@@ -36,8 +36,46 @@ TRUST_TOOLTIP = (
 )
 
 
-def card_html(loaded) -> str:
-    """A short, readable summary of a model card."""
+def parent_chain(card: dict, known: dict[str, tuple[str, dict]], limit: int = 8) -> list[str]:
+    """Names of the models ``card`` descends from, nearest first.
+
+    ``known``: model version id -> (readable name, its card) for the models we can look up (the
+    project's versions, the embedded default); an unknown parent is shown by its id's first 8 characters.
+    """
+    chain: list[str] = []
+    seen: set[str] = set()
+    pid = card.get("parent")
+    while pid and str(pid) not in seen and len(chain) < limit:
+        seen.add(str(pid))
+        name, parent_card = known.get(str(pid), (None, None))
+        chain.append(name or str(pid)[:8])
+        pid = (parent_card or {}).get("parent")
+    return chain
+
+
+def known_models(versions) -> dict[str, tuple[str, dict]]:
+    """The embedded default and the project's versions, by model version id."""
+    import json
+
+    known: dict[str, tuple[str, dict]] = {}
+    default_card = Path(__file__).resolve().parents[1] / "weights" / "default.json"
+    try:
+        card = json.loads(default_card.read_text())
+        if card.get("version"):
+            known[str(card["version"])] = ("embedded default", card)
+    except (OSError, ValueError):
+        pass
+    if versions is not None:
+        try:
+            for info in versions.list():
+                known[str(info.version)] = (f"version {info.path.stem}", info.card)
+        except Exception:
+            pass
+    return known
+
+
+def card_html(loaded, lineage: list[str] | None = None) -> str:
+    """A short, readable summary of a model card; ``lineage``: :func:`parent_chain` of it."""
     card = loaded.card or {}
     cfg = card.get("config") or {}
     source = str(loaded.source)
@@ -49,7 +87,9 @@ def card_html(loaded) -> str:
         ("preprocessing", str(card.get("preprocessing") or LEGACY_PREPROCESSING)),
         ("version", str(card.get("version", loaded.model_id))[:24]),
     ]
-    if card.get("parent"):
+    if lineage:
+        rows.append(("comes from", " ← ".join(lineage)))
+    elif card.get("parent"):
         rows.append(("parent", str(card["parent"])[:24]))
     if card.get("created"):
         rows.append(("created", str(card["created"])))
@@ -209,7 +249,12 @@ class ModelPanel(QWidget):
         )
 
     def _show_card(self, loaded) -> None:
-        self.card.setText("No model loaded." if loaded is None else card_html(loaded))
+        if loaded is None:
+            self.card.setText("No model loaded.")
+        else:
+            s = self.session
+            versions = s.versions if (s.models_dir / "versions").is_dir() else None
+            self.card.setText(card_html(loaded, parent_chain(loaded.card or {}, known_models(versions))))
         self.card.setToolTip("" if loaded is None else f"weights: {loaded.source}\nmodel id: {loaded.model_id}")
 
 

@@ -1,4 +1,4 @@
-"""User-facing messages: napari notifications plus the widget's status line; never a traceback."""
+"""User-facing messages: the widget's status line (napari notifications only without a widget); never a traceback."""
 
 from __future__ import annotations
 
@@ -40,12 +40,16 @@ class Messenger:
     def _emit(self, level: str, text: str, notify: bool) -> None:
         self.history.append((level, text))
         del self.history[:-200]
+        shown = False
         for listener in list(self.listeners):
             try:
                 listener(level, text)
+                shown = True
             except RuntimeError:  # a deleted Qt widget
                 self.listeners.remove(listener)
-        if notify:
+        # A widget shows every message in its own word-wrapped status line; napari toasts would
+        # cover the canvas with truncated text, so they are only the fallback without one.
+        if notify and not shown:
             _napari_notify(level, text)
 
     def error(self, text: str) -> None:

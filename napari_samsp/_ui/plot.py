@@ -54,18 +54,28 @@ class TrainingPlot(FigureCanvasQTAgg):
             self._timer.start()
 
     def _redraw(self) -> None:
+        """Both curves, with the x-range set from all points every time (a fixed ``set_xlim`` from
+        the step-0 validation point would turn autoscaling off and hide the rest of the run)."""
+        steps = [x for x, _ in self.loss] + [x for x, _ in self.val]
         if self.loss:
             xs, ys = zip(*self.loss)
             self._loss_line.set_data(xs, ys)
             self.ax.relim()
-            self.ax.autoscale_view()
+            self.ax.autoscale_view(scalex=False, scaley=True)
         else:
             self._loss_line.set_data([], [])
         if self.val:
             xs, ys = zip(*self.val)
             self._val_line.set_data(xs, ys)
-            if not self.loss:
-                self.ax.set_xlim(min(xs) - 1, max(xs) + 1)
         else:
             self._val_line.set_data([], [])
+        if steps:
+            lo, hi = min(steps), max(steps)
+            pad = max(0.5, 0.03 * (hi - lo))
+            self.ax.set_xlim(lo - pad, hi + pad)
         self.draw_idle()
+
+    def x_range(self) -> tuple[float, float]:
+        """The visible step range (for tests and screenshots)."""
+        lo, hi = self.ax.get_xlim()
+        return float(lo), float(hi)

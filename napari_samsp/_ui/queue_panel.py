@@ -7,7 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from qtpy.QtWidgets import QCheckBox, QFileDialog, QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QGridLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..errors import SamspError
 
@@ -48,6 +59,13 @@ class QueuePanel(QWidget):
         self.info = QLabel("No queue: open a folder, or work on any Image layer.")
         self.info.setWordWrap(True)
         layout.addWidget(self.info)
+        self.items = QListWidget()
+        self.items.setMaximumHeight(120)
+        self.items.setToolTip(
+            "The queue in the order it opens images. Ranked: lowest expected Dice first (the model's calibrated "
+            "estimate of how good its own mask is), so the images it is worst at come first. ▶ current, ✓ sent"
+        )
+        layout.addWidget(self.items)
         self.export_button = QPushButton("Export labels…")
         self.export_button.setToolTip("Save the labels of the current image as TIFF, 16-bit PNG or COCO JSON")
         self.export_button.clicked.connect(lambda: self.export_labels())
@@ -60,7 +78,16 @@ class QueuePanel(QWidget):
             return
         pos = q.index + 1
         current = q.current.name if q.current is not None else "-"
-        self.info.setText(f"Queue: {pos}/{len(q)} ({current}); {len(q.sent)} sent, {q.remaining} to go")
+        order = "lowest expected Dice first" if q.scores else "file order"
+        self.info.setText(f"Queue ({order}): {pos}/{len(q)} ({current}); {len(q.sent)} sent, {q.remaining} to go")
+        self.items.clear()
+        for i, path in enumerate(q.items):
+            mark = "▶ " if i == q.index else ("✓ " if path in q.sent else "   ")
+            row = q.scores.get(path)
+            dice = f"  expected Dice {row['expected_dice']:.2f}" if row and row.get("expected_dice") is not None else ""
+            item = QListWidgetItem(f"{mark}{path.name}{dice}")
+            item.setData(Qt.UserRole, str(path))
+            self.items.addItem(item)
 
     # -- queue -------------------------------------------------------------------------------
     def open_folder(self, folder: str | Path | None = None, rank: bool | None = None):
@@ -87,11 +114,11 @@ class QueuePanel(QWidget):
             self.next_image()
             return True
         predictor = s.predictor
-        kwargs = {"mode": self.segment_panel.mode.currentText()}
-        if s.num_passes:
-            kwargs["num_passes"] = s.num_passes
-        if s.store_count() >= 5:
-            kwargs["store"] = s.store
+        from ..work_queue import rank_options
+
+        # The same options as `samsp rank --mode MODE --store STORE` with this model: the same order.
+        kwargs = rank_options(s.loaded.card if s.loaded is not None else None, self.segment_panel.mode.currentText(),
+                              s.store_dir if s.store_count() else None)
 
         def work(ctx):
             return WorkQueue.from_folder(folder, predictor=predictor, progress=ctx.report, **kwargs)
@@ -111,6 +138,8 @@ class QueuePanel(QWidget):
             return
         ws = self.session.workspace if (self.session.workspace is not None and self.session.workspace.image is layer) else None
         companions = ws.companions() if ws is not None else []
+        if ws is not None:
+            self.segment_panel.remove_preview(ws)
         if ws is not None and ws.dirty:
             for lay in [layer, *companions]:
                 lay.visible = False
@@ -140,14 +169,21 @@ class QueuePanel(QWidget):
         if not all(c is not None and c in s.viewer.layers for c in companions):
             return None
         labels, points, shapes = companions
+        self.segment_panel.remove_preview(ws)
         s.set_workspace(None)
         with points.events.data.blocker(), shapes.events.data.blocker():
             points.data = np.zeros((0, len(spatial)))
             shapes.data = []
-        labels.data = np.zeros(spatial, np.uint32)
-        reset = getattr(labels, "_reset_history", None)  # napari keeps Ctrl+Z history across data swaps
-        if callable(reset):
-            reset()
+        # A fresh Labels layer in the old one's place: napari keeps a layer's Ctrl+Z history across
+        # data swaps, and the only way to drop it with public API is a new layer.
+        index = s.viewer.layers.index(labels)
+        s.viewer.layers.remove(labels)
+        labels = s.viewer.add_labels(
+            np.zeros(spatial, np.uint32), name=labels.name, opacity=labels.opacity,
+            scale=labels.scale, translate=labels.translate,
+        )
+        s.viewer.layers.move(s.viewer.layers.index(labels), index)
+        companions = (labels, points, shapes)
         layer.data = image
         layer.metadata = {"samsp_path": str(path)}
         layer.reset_contrast_limits()

@@ -12,6 +12,17 @@ from ..errors import SamspError
 from .workspace import Workspace, check_image_layer
 
 
+def describe_labels(labels: np.ndarray, mode: str) -> str:
+    """'12 objects' (instance) or '3 foreground regions' (semantic: connected components)."""
+    if mode == "instance":
+        n = len(np.unique(labels[labels > 0]))
+        return f"{n} object{'s' if n != 1 else ''}"
+    from scipy import ndimage
+
+    n = int(ndimage.label(np.asarray(labels) > 0)[1])
+    return f"{n} foreground region{'s' if n != 1 else ''}"
+
+
 def require_model(session) -> bool:
     if session.predictor is None:
         session.messages.error("no model loaded: load one in the Model section first")
@@ -69,7 +80,12 @@ class SegmentPanel(QWidget):
         form.addRow("Image", self.image_combo)
         self.mode = QComboBox()
         self.mode.addItems(["semantic", "instance"])
-        self.mode.setToolTip("semantic: one foreground label; instance: one label per object")
+        self.mode.setToolTip(
+            "semantic: one foreground label; instance: one label per object. Follows the model card "
+            "until you choose; your choice then stays when the model changes"
+        )
+        self.user_mode: str | None = None  # set when the user picks a mode; a model change keeps it
+        self.mode.activated.connect(lambda index: setattr(self, "user_mode", self.mode.itemText(index)))
         form.addRow("Mode", self.mode)
         layout.addLayout(form)
 
@@ -85,7 +101,16 @@ class SegmentPanel(QWidget):
         self.embed_button.clicked.connect(lambda: self.embed_all())
         grid.addWidget(self.segment_button, 0, 0)
         grid.addWidget(self.segment_all_button, 0, 1)
-        grid.addWidget(self.embed_button, 1, 0, 1, 2)
+        grid.addWidget(self.embed_button, 1, 0)
+        self.use_preview_button = QPushButton("Use preview")
+        self.use_preview_button.setToolTip(
+            "After a model change, an image you corrected is re-segmented into a '<image> preview' layer; "
+            "this replaces your labels with it (undo: Shift+U)"
+        )
+        self.use_preview_button.setEnabled(False)
+        self.use_preview_button.clicked.connect(lambda: self.use_preview())
+        grid.addWidget(self.use_preview_button, 1, 1)
+        self.previews: dict[int, object] = {}  # workspace key -> preview Labels layer
         layout.addLayout(grid)
 
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -135,7 +160,7 @@ class SegmentPanel(QWidget):
 
     def _on_model(self, loaded) -> None:
         if loaded is not None:
-            self.mode.setCurrentText(self.session.default_mode)
+            self.mode.setCurrentText(self.user_mode or self.session.default_mode)
 
     def use_layer(self, layer) -> Workspace | None:
         """Work on ``layer`` (must be an Image layer the model can take); None after telling the user why not."""
@@ -173,8 +198,12 @@ class SegmentPanel(QWidget):
         loaded = self.session.loaded
         return card_segment_options(None if loaded is None else loaded.card)
 
-    def segment_current(self):
-        """Auto-segment the current image (or slice of a stack) in a worker; returns the task or None."""
+    def segment_current(self, preview: bool = False):
+        """Auto-segment the current image (or slice of a stack) in a worker; returns the task or None.
+
+        ``preview``: write the result into a separate '<image> preview' Labels layer and leave the
+        labels untouched (what a model change does to an image the user corrected).
+        """
         ws = self.workspace()
         if ws is None or not require_model(self.session):
             return None
@@ -199,18 +228,114 @@ class SegmentPanel(QWidget):
 
         def done(result):
             res, whole, seconds = result
-            self._apply_plane(ws, z, res.labels, mode)
+            if preview:
+                self._show_preview(ws, z, res.labels)
+            else:
+                self._apply_plane(ws, z, res.labels, mode)
             if self.session.predictor is predictor:
                 self.session.embedded = (ws.key, z) if whole else None
-            n = int(res.labels.max(initial=0)) if mode == "instance" else int(res.labels.any())
             where = "" if z is None else f" slice {z}"
+            if preview:
+                self.session.messages.status(
+                    f"the new model found {describe_labels(res.labels, mode)} in '{ws.name}'{where}: shown in the "
+                    f"layer '{ws.name} preview'; your corrected labels are unchanged ('Use preview' takes it)"
+                )
+                return
             self.session.messages.status(
-                f"auto-segmented '{ws.name}'{where}: {n} {'objects' if mode == 'instance' else 'foreground region(s)'} "
+                f"auto-segmented '{ws.name}'{where}: {describe_labels(res.labels, mode)} "
                 f"in {seconds:.1f} s (undo: Shift+U)"
             )
 
         where = "" if z is None else f" slice {z}"
         return self.session.tasks.start("model", f"auto-segmenting '{ws.name}'{where}", work, on_done=done, total=1)
+
+    # -- model changes: never overwrite what the user corrected ---------------------------
+    def is_corrected(self, ws: Workspace) -> bool:
+        """The labels of the current plane hold the user's work: unsent edits, prompts or strokes made,
+        or pixels that differ from the model's last proposal (e.g. labels the user brought)."""
+        if ws.dirty or getattr(ws, "mask_source", None):  # edited, or labels brought from a file
+            return True
+        if not ws.has_labels() or self.session.edits is None:
+            return ws.has_labels() and bool(np.asarray(ws.labels.data).any())
+        z = ws.current_z()
+        from .edits import was_corrected
+
+        return was_corrected(self.session.edits.summary(ws, z, ws.labels_plane(z)))
+
+    def after_model_change(self):
+        """Re-segment the current image with the newly loaded model: in place when its labels are
+        the model's own proposal (or empty), into a preview layer when the user corrected them."""
+        ws = self.session.workspace
+        if ws is None or ws.image not in self.viewer.layers or self.session.predictor is None:
+            return None
+        try:
+            corrected = self.is_corrected(ws)
+        except SamspError:
+            return None
+        return self.segment_current(preview=corrected)
+
+    def preview_layer(self, ws: Workspace | None = None):
+        ws = ws or self.session.workspace
+        layer = None if ws is None else self.previews.get(ws.key)
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def _show_preview(self, ws: Workspace, z, labels: np.ndarray) -> None:
+        layer = self.preview_layer(ws)
+        if layer is None:
+            layer = self.viewer.add_labels(
+                np.zeros(ws.spatial, np.uint32), name=f"{ws.name} preview", opacity=0.4,
+                scale=ws.image.scale, translate=ws.image.translate, metadata={"samsp_preview_of": ws.key},
+            )
+            self.previews[ws.key] = layer
+            if ws.has_labels():  # the user's labels stay on top of (and selected over) the preview
+                layers = self.viewer.layers
+                layers.move(layers.index(layer), layers.index(ws.labels))
+                layers.selection.active = ws.labels
+        data = np.zeros(ws.spatial, np.uint32) if not ws.is_stack else np.asarray(layer.data)
+        if ws.is_stack:
+            data[z] = labels
+        else:
+            data = labels.astype(np.uint32)
+        layer.data = data
+        layer.visible = True
+        self.use_preview_button.setEnabled(True)
+
+    def use_preview(self) -> bool:
+        """Take the preview into the labels (undo: Shift+U) and remove the preview layer."""
+        ws = self.session.workspace
+        layer = self.preview_layer(ws)
+        if ws is None or layer is None:
+            self.session.messages.info("no preview: it appears when a new model re-segments an image you corrected")
+            return False
+        try:
+            ws.check_labels()
+            old = np.array(ws.labels.data, copy=True)
+            if tuple(layer.data.shape) != ws.spatial:
+                raise SamspError("the preview no longer matches the image")
+        except SamspError as exc:
+            self.session.messages.exception(exc)
+            return False
+        self.session.history.push(ws.key, None, old)
+        with ws.suspended():
+            ws.clear_prompts()
+        self.session.reset_editor()
+        ws.set_labels(np.asarray(layer.data, np.uint32), user_edit=False)
+        if self.session.edits is not None:
+            if ws.is_stack:
+                self.session.edits.set_stack_proposal(ws, np.asarray(layer.data))
+            else:
+                self.session.edits.set_proposal(ws, None, np.asarray(layer.data))
+        self.remove_preview(ws)
+        self.session.messages.status(f"the new model's labels replace those of '{ws.name}' (undo: Shift+U)")
+        return True
+
+    def remove_preview(self, ws: Workspace | None) -> None:
+        layer = self.preview_layer(ws)
+        if ws is not None:
+            self.previews.pop(ws.key, None)
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+        self.use_preview_button.setEnabled(self.preview_layer() is not None)
 
     def _apply_plane(self, ws: Workspace, z, labels: np.ndarray, mode: str) -> None:
         try:
@@ -224,6 +349,8 @@ class SegmentPanel(QWidget):
             ws.clear_prompts()
         self.session.reset_editor()
         ws.set_labels_plane(z, plane, user_edit=False)
+        if self.session.edits is not None:
+            self.session.edits.set_proposal(ws, z, plane)
         ws.labels.selected_label = 1 if mode == "semantic" else int(plane.max(initial=0)) + 1
 
     def segment_all(self):
@@ -274,6 +401,8 @@ class SegmentPanel(QWidget):
             self.session.reset_editor()
             self.session.embedded = None
             ws.set_labels(out)
+            if self.session.edits is not None:
+                self.session.edits.set_stack_proposal(ws, out)
             ws.labels.selected_label = 1 if mode == "semantic" else int(out.max(initial=0)) + 1
             self.session.messages.status(f"auto-segmented {n} slices of '{ws.name}' in {seconds:.1f} s (undo: Shift+U)")
 

@@ -64,6 +64,7 @@ class Session:
         self.history = LabelsHistory()
         self.queue = None  # work_queue.WorkQueue
         self.tasks = None  # TaskRunner, set by the widget (needs Qt)
+        self.edits = None  # edits.EditTracker, set by the widget
         self._store = None
         self._versions = None
 

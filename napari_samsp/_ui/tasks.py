@@ -21,6 +21,11 @@ from qtpy.QtCore import QObject, Signal
 from .notify import Messenger
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    """The worker stopped because it was asked to (not an error to show in red)."""
+    return type(exc).__name__ in ("SegmentationCancelled", "TrainingCancelled", "Cancelled")
+
+
 class TaskContext:
     """Handed to the worker function: ``report(done, total)`` and ``cancelled()`` (thread-safe)."""
 
@@ -169,6 +174,8 @@ class TaskRunner(QObject):
                     on_done(value)
             elif on_error is not None:
                 on_error(value)
+            elif task.cancel_event.is_set() or _is_cancellation(value):
+                self.messenger.status(f"cancelled: {task.desc}; nothing was changed")
             else:
                 self.messenger.exception(value, task.desc)
         except Exception as exc:  # a bug in a callback: report, keep the UI alive

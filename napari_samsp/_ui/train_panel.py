@@ -211,7 +211,10 @@ class TrainPanel(QWidget):
                 on_val=lambda step, d: relay.val.emit(int(step), dict(d)),
                 should_cancel=ctx.cancelled,
             )
-            outcome = run_finetune(base, [data_dir], versions, default_finetune_config(n_steps), callbacks)
+            outcome = run_finetune(base, [data_dir], versions, default_finetune_config(n_steps), callbacks,
+                                   version_if_kept=False)
+            if outcome.version is None:  # no step beat the current model: nothing new to load
+                return outcome, None, None
             new, predictor = _load_version(outcome.version, device, cache_dir)
             return outcome, new, predictor
 
@@ -220,13 +223,18 @@ class TrainPanel(QWidget):
             self._set_running(False)
             self.last_outcome = outcome
             before, after = _dice(outcome.before), _dice(outcome.after)
-            text = f"new version {outcome.version.path.stem} is active"
-            if outcome.kept_base:
-                text += " (no step beat the previous model on validation: same weights)"
+            if outcome.version is None:
+                text = "no step beat the current model on validation: no new version, the model is unchanged"
+            else:
+                text = f"new version {outcome.version.path.stem} is active"
             if before is not None and after is not None:
                 text = f"validation Dice {before:.3f} → {after:.3f}; " + text
             self.result.setText(text)
-            self._install(new, predictor, f"fine-tuning done: {text}")
+            if new is None:
+                self.refresh_versions()
+                s.messages.info(f"fine-tuning done: {text}")
+            else:
+                self._install(new, predictor, f"fine-tuning done: {text}")
 
         failed = self._on_failure("fine-tuning")
 
@@ -383,6 +391,15 @@ class TrainPanel(QWidget):
 
     def rollback(self):
         """Re-activate the previously active version (or the base model) and load it."""
+        s = self.session
+        versions = s.versions if (s.models_dir / "versions").is_dir() else None
+        try:
+            on_base = versions is None or (versions.active() is None and not versions._state().get("previous"))
+        except Exception:
+            on_base = False
+        if on_base:
+            s.messages.info("nothing to roll back: you are using the base model, which has not been fine-tuned yet")
+            return None
         return self._switch_version(lambda versions: versions.rollback(), "rollback")
 
     def _load_info(self, info):

@@ -55,6 +55,7 @@ class Workspace:
         self.is_stack = len(self.spatial) == 3
         self._normaliser: StackNormaliser | None = None
         self._suspended = 0
+        self._writing = 0  # > 0 while we write labels ourselves (napari reports those as paint events too)
         self._labels = None
         self._points = None
         self._shapes = None
@@ -263,7 +264,14 @@ class Workspace:
         if self.on_prompts is not None:
             self.on_prompts(action)
 
+    @property
+    def writing(self) -> bool:
+        """Labels are being written by the plugin (not painted by the user) right now."""
+        return self._writing > 0
+
     def _on_paint(self, event=None) -> None:
+        if self._writing:  # our own data_setitem, not a brush stroke
+            return
         self.dirty = True
         if self.on_user_edit is not None:
             self.on_user_edit()
@@ -346,7 +354,11 @@ class Workspace:
         changed = np.nonzero(np.asarray(current) != plane)
         if changed[0].size:
             indices = ((np.full(changed[0].size, z, np.intp),) if self.is_stack else ()) + changed
-            layer.data_setitem(indices, plane[changed].astype(layer.data.dtype, copy=False))
+            self._writing += 1
+            try:
+                layer.data_setitem(indices, plane[changed].astype(layer.data.dtype, copy=False))
+            finally:
+                self._writing -= 1
         if user_edit:
             self.dirty = True
 

@@ -65,7 +65,7 @@ class FineTuneResult:
 
 @dataclass
 class FineTuneOutcome:
-    version: VersionInfo
+    version: VersionInfo | None  # None: the base was kept and ``version_if_kept`` was False
     before: dict[str, float]
     after: dict[str, float]
     kept_base: bool = False
@@ -132,9 +132,16 @@ def run_finetune(
     versions: ModelVersions,
     config: TrainConfig | None = None,
     callbacks: Callbacks | None = None,
+    version_if_kept: bool = True,
 ) -> FineTuneOutcome:
-    """Fine-tune, save the result as a new version and activate it."""
+    """Fine-tune, save the result as a new version and activate it.
+
+    ``version_if_kept=False``: when no trained step beat the base (the result holds the base's
+    weights), add no version and leave the active one as it is (``outcome.version`` is None).
+    """
     result = finetune_model(base, data_dirs, config, callbacks)
+    if result.kept_base and not version_if_kept:
+        return FineTuneOutcome(None, result.before, result.after, True)
     info = versions.add(result.model, result.card)
     versions.activate(info.version)
     return FineTuneOutcome(info, result.before, result.after, result.kept_base)
