@@ -226,8 +226,11 @@ class SamspWidget(QWidget):
                     layer.visible = False
         if ws is not None:
             for layer in [ws.image, *ws.companions()]:
-                if layer in layers:
+                # napari resets a layer's mode to pan_zoom whenever `visible` is set, even to its
+                # current value: touch only hidden layers, then give the prompt layers their modes back
+                if layer in layers and not layer.visible:
                     layer.visible = True
+            ws.restore_prompt_modes()
 
     # -- public actions (buttons, keys and tests all come through here) ----------------------
     def set_project(self, folder: str | Path) -> None:

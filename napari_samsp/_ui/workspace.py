@@ -164,6 +164,13 @@ class Workspace:
             self._watch_zoom()
         return self._points
 
+    def restore_prompt_modes(self) -> None:
+        """Clicks add points and drags draw boxes again (napari drops to pan_zoom when a layer is shown)."""
+        if self._alive(self._points) and self._points.visible:
+            self._points.mode = "add"
+        if self._alive(self._shapes) and self._shapes.visible:
+            self._shapes.mode = "add_rectangle"
+
     @property
     def shapes(self):
         if not self._alive(self._shapes):
