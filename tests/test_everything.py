@@ -103,11 +103,13 @@ def _assert_same_masks(ours: EverythingMasks, records: list[dict]) -> None:
         np.testing.assert_allclose(ours.boxes[i], [x, y, x + w, y + h], atol=1)
 
 
-# Loosened so random weights keep masks; the first set keeps every candidate through NMS
-# (compares decoding, both filters and every mask), the second lets NMS decide.
+# Loosened so random weights keep masks (their stability scores lie between 0.05 and 0.75). Random
+# weights give masks spread over the whole image (all boxes alike), so the first set keeps every
+# candidate through NMS (compares decoding, both filters and every mask one to one), and the second
+# lets NMS pick (the same single mask on both sides).
 FIDELITY_OPTIONS = [
-    EverythingOptions(points_per_side=5, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.75, box_nms_thresh=1.0),
-    EverythingOptions(points_per_side=5, points_per_batch=64, pred_iou_thresh=0.02, stability_score_thresh=0.6, box_nms_thresh=0.7),
+    EverythingOptions(points_per_side=5, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.4, box_nms_thresh=1.0),
+    EverythingOptions(points_per_side=5, points_per_batch=64, pred_iou_thresh=0.01, stability_score_thresh=0.3, box_nms_thresh=0.7),
 ]
 
 
@@ -139,9 +141,9 @@ def test_same_masks_as_upstream_generator_on_the_same_embedding(vit_b_file, opts
     records = generator.generate(rgb)
     _assert_same_masks(ours, records)
     if opts.box_nms_thresh == 1.0:
-        assert len(ours) > 25, "too few candidates survive to compare the filters"  # 75 candidates in all
+        assert 10 < len(ours) < 65, "the filters should keep some of the 75 candidates and drop others"
     else:
-        assert len(ours) < len(FIDELITY_OPTIONS) * 75  # NMS removed some
+        assert len(ours) < 10  # NMS removed most
 
 
 def _encoder_input(model: torch.nn.Module, set_image) -> torch.Tensor:
