@@ -424,3 +424,34 @@ def test_cli_segment_everything(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "points_per_side must be >= 1" in err
     assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- plugin
+
+
+@pytest.mark.gui
+def test_plugin_offers_everything_and_the_card_selects_it(make_napari_viewer, qtbot, tmp_path, micro_model, monkeypatch):
+    """A model whose card says "everything" switches the Mode box to it; segmenting gives the oracle's objects."""
+    pytest.importorskip("pytestqt")
+    from napari_samsp._widget import SamspWidget
+    from napari_samsp.models.checkpoints import save_model
+
+    path = save_model(micro_model, tmp_path / "vanilla.safetensors", {"mode": "everything"})
+    viewer = make_napari_viewer()
+    widget = SamspWidget(viewer, project=tmp_path / "project")
+    viewer.window.add_dock_widget(widget, name="SAM-SP")
+    box = widget.segment_panel.mode
+    assert [box.itemText(i) for i in range(box.count())] == ["semantic", "instance", "everything"]
+    box.setCurrentText("semantic")
+    assert widget.load_model(str(path)) is not None
+    qtbot.waitUntil(lambda: widget.is_idle(), timeout=30_000)
+    assert box.currentText() == "everything"
+    rgb, gt = _objects_image(96, 96, seed=3)
+    layer = viewer.add_image(rgb, name="objs", rgb=True)
+    assert widget.use_layer(layer) is not None
+    install_oracle(monkeypatch, widget.session.predictor)
+    assert widget.segment() is not None
+    qtbot.waitUntil(lambda: widget.is_idle(), timeout=30_000)
+    labels = np.asarray(viewer.layers["objs labels"].data)
+    assert int(labels.max()) == int(gt.max()) and min(_matched_ious(labels, gt)) > 0.85
+    assert int(viewer.layers["objs labels"].selected_label) == int(gt.max()) + 1  # the next new object gets a fresh id

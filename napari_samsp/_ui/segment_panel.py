@@ -65,8 +65,11 @@ class SegmentPanel(QWidget):
         self.image_combo.activated.connect(self._on_combo)
         form.addRow("Image", self.image_combo)
         self.mode = QComboBox()
-        self.mode.addItems(["semantic", "instance"])
-        self.mode.setToolTip("semantic: one foreground label; instance: one label per object")
+        self.mode.addItems(["semantic", "instance", "everything"])
+        self.mode.setToolTip(
+            "semantic: one foreground label; instance: one label per object (both self-prompted);\n"
+            "everything: one label per object from a grid of point prompts (for SAM weights not trained to self-prompt)"
+        )
         form.addRow("Mode", self.mode)
         layout.addLayout(form)
 
@@ -164,11 +167,11 @@ class SegmentPanel(QWidget):
         return self.use_layer(active)
 
     # -- segmentation ------------------------------------------------------------------
-    def _kwargs(self) -> dict:
+    def _kwargs(self, mode: str | None = None) -> dict:
         from ..autoseg import card_segment_options
 
         loaded = self.session.loaded
-        return card_segment_options(None if loaded is None else loaded.card)
+        return card_segment_options(None if loaded is None else loaded.card, mode or self.mode.currentText())
 
     def segment_current(self):
         """Auto-segment the current image (or slice of a stack) in a worker; returns the task or None."""
@@ -199,10 +202,10 @@ class SegmentPanel(QWidget):
             self._apply_plane(ws, z, res.labels, mode)
             if self.session.predictor is predictor:
                 self.session.embedded = (ws.key, z) if whole else None
-            n = int(res.labels.max(initial=0)) if mode == "instance" else int(res.labels.any())
+            n = int(res.labels.max(initial=0)) if mode != "semantic" else int(res.labels.any())
             where = "" if z is None else f" slice {z}"
             self.session.messages.status(
-                f"auto-segmented '{ws.name}'{where}: {n} {'objects' if mode == 'instance' else 'foreground region(s)'} "
+                f"auto-segmented '{ws.name}'{where}: {n} {'objects' if mode != 'semantic' else 'foreground region(s)'} "
                 f"in {seconds:.1f} s (undo: Shift+U)"
             )
 
@@ -250,7 +253,7 @@ class SegmentPanel(QWidget):
                 if ctx.cancelled():
                     raise SegmentationCancelled(f"auto-segmentation cancelled after {z} of {n} slices; labels unchanged")
                 lab = segment_image(predictor, ws.model_plane(z), mode=mode, **kwargs).labels.astype(np.uint32)
-                if mode == "instance" and lab.any():
+                if mode != "semantic" and lab.any():
                     lab[lab > 0] += offset
                     offset = int(lab.max())
                 out[z] = lab
