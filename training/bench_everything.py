@@ -8,7 +8,7 @@ generated one. Two parameter sets run by default: upstream's default filters
 (with random weights they drop every candidate at the predicted-IoU test) and
 the loosened filters of the test (masks survive, so the post-processing is paid).
 
-    OMP_WAIT_POLICY=PASSIVE python training/bench_everything.py --threads 2 --points-per-side 8 --out /tmp/ev.json
+    OMP_WAIT_POLICY=PASSIVE python training/bench_everything.py --threads 1 --points-per-side 8 --warmup 0 --out /tmp/ev.json
 
 Rows: ``ours: image -> masks`` (encoder + grid), ``ours: from cached embedding``
 (the grid alone, what a second run on the same image costs), ``upstream: generate``
@@ -115,6 +115,7 @@ def compare(
     device: str = "cpu",
     bf16: bool = False,
     repeats: int = 1,
+    warmup: int = 1,
 ) -> dict:
     """Time ours (``loaded``) and upstream's generator (on ``sam``, the same weights) on one image with
     the same ``options`` (EverythingOptions fields); match the masks."""
@@ -135,7 +136,7 @@ def compare(
     )
     rows: dict[str, list[float]] = {k: [] for k in ("ours_total", "ours_cached", "upstream_generate", "upstream_set_image")}
     ours = records = None
-    for r in range(repeats + 1):  # the first round warms up (not recorded)
+    for r in range(-warmup, repeats):  # rounds r < 0 warm up (not recorded)
         predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache(None))
         with _autocast(dev, bf16):
             _sync(dev)
@@ -152,7 +153,7 @@ def compare(
             records = gen.generate(rgb)
             _sync(dev)
             t4 = time.perf_counter()
-        if r:
+        if r >= 0:
             rows["ours_total"].append(t1 - t0)
             rows["ours_cached"].append(t2 - t1)
             rows["upstream_set_image"].append(t3 - t2)
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--points-per-side", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("SAMSP_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -185,8 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
         loaded, sam = load_pair(weights, args.device)
         base = dict(points_per_side=args.points_per_side)
         runs = {
-            "upstream defaults": compare(loaded, sam, image, base, args.device, args.bf16, args.repeats),
-            "loosened (test)": compare(loaded, sam, image, {**base, **LOOSE}, args.device, args.bf16, args.repeats),
+            "upstream defaults": compare(loaded, sam, image, base, args.device, args.bf16, args.repeats, args.warmup),
+            "loosened (test)": compare(loaded, sam, image, {**base, **LOOSE}, args.device, args.bf16, args.repeats, args.warmup),
         }
     report = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
