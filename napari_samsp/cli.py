@@ -48,17 +48,20 @@ def _load(args):
 def cmd_models(args) -> int:
     from .models.build import describe_models
     from .models.checkpoints import DEFAULT_WEIGHTS, read_card
+    from .transforms import LEGACY_PREPROCESSING
 
     if DEFAULT_WEIGHTS.is_file():
         card = read_card(DEFAULT_WEIGHTS)
         data = ", ".join(f"{d['name']} ({d['count']})" for d in card.get("training_data", []))
         print(f"{'default':<16} embedded default model: {card['config']['name']}, mode {card.get('mode')}, "
-              f"K={card.get('num_passes')}, trained {card.get('steps')} steps on {data}")
+              f"K={card.get('num_passes')}, preprocessing {card.get('preprocessing') or LEGACY_PREPROCESSING}, "
+              f"trained {card.get('steps')} steps on {data}")
     else:
         print(f"{'default':<16} (no embedded weights in this installation: a random 'tiny' model is used)")
     for name, desc in describe_models():
         print(f"{name:<16} {desc}")
-    print("\nAny path works too: our .safetensors, an official SAM .pth (vit_b/l/h), or a SAM-UNet checkpoint (--trust).")
+    print("\nAny path works too: our .safetensors, an official SAM / MedSAM / micro-sam .pth or .pt (vit_b/l/h; "
+          "wrapped state dicts too; preprocessing 'sam'), or a SAM-UNet checkpoint (--trust).")
     return 0
 
 

@@ -8,7 +8,7 @@
   low-res logits and paints it into a label plane without touching other objects.
 * :class:`LabelsHistory`: a small, memory-bounded undo stack of label planes.
 * :func:`propagate_object`: carries an object through a stack, slice by slice,
-  prompting each slice with the box and low-res logits of the previous one.
+  prompting each slice with the grown box of the previous one (no logits: they made a blob).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "PropagationCancelled",
     "PromptSet",
     "StackNormaliser",
+    "innermost_pixel",
     "mask_box",
     "mask_to_logits",
     "new_label_id",
@@ -253,10 +254,19 @@ class ObjectEditor:
         multimask_first_click: decode a lone first click with SAM's three candidate masks and
             keep the best (right for official SAM weights, whose single-mask output is meant for
             several prompts); our fine-tuned models are trained on the single-mask output.
+        confine: keep only the decoded pixels that belong to the prompted object
+            (:func:`napari_samsp.local_prompts.confine_mask`: inside the grown box, no specks far
+            from the prompts), whatever the model returns.
     """
 
     def __init__(
-        self, predictor, plane: np.ndarray, label_id: int, preserve: bool = True, multimask_first_click: bool = False
+        self,
+        predictor,
+        plane: np.ndarray,
+        label_id: int,
+        preserve: bool = True,
+        multimask_first_click: bool = False,
+        confine: bool = True,
     ) -> None:
         if tuple(predictor.original_size) != tuple(plane.shape):
             raise InputImageError(f"labels plane is {plane.shape}, the image is {tuple(predictor.original_size)}")
@@ -265,6 +275,7 @@ class ObjectEditor:
         self.label_id = int(label_id)
         self.preserve = preserve
         self.multimask_first_click = multimask_first_click
+        self.confine = confine
         self.target: np.ndarray | None = None
         self._target_decided = False
         self.logits: np.ndarray | None = None
@@ -311,6 +322,10 @@ class ObjectEditor:
         )
         best = pred.best_index
         self.mask = pred.masks[best]
+        if self.confine:
+            from .local_prompts import confine_mask
+
+            self.mask = confine_mask(self.mask, prompts)
         self.logits = pred.logits[best : best + 1]
         self.score = float(pred.scores[best])
         self.painted = paint_mask(self.base, self.mask, self.label_id, clear=self.target, preserve=self.preserve)
@@ -354,6 +369,23 @@ class LabelsHistory:
 # --------------------------------------------------------------------------- 3D
 
 
+def innermost_pixel(mask: np.ndarray) -> tuple[int, int] | None:
+    """(row, col) of the pixel of ``mask`` farthest from its border (None when empty)."""
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return None
+    rows, cols = np.nonzero(m)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    dist = ndimage.distance_transform_edt(np.pad(m[r0:r1, c0:c1], 1))[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(r0 + r), int(c0 + c)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int(np.count_nonzero(a | b))
+    return int(np.count_nonzero(a & b)) / union if union else 0.0
+
+
 def propagate_object(
     predictor,
     planes: Callable[[int], np.ndarray],
@@ -364,26 +396,48 @@ def propagate_object(
     start_logits: np.ndarray | None = None,
     max_slices: int | None = None,
     min_area: int = 4,
-    max_growth: float = 4.0,
+    max_growth: float = 2.5,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    *,
+    min_overlap: float = 0.2,
+    min_inside: float = 0.4,
+    use_point: bool = True,
+    tile: int | None = None,
+    overlap: int | None = None,
 ) -> dict[int, np.ndarray]:
     """Carry object ``label_id`` of slice ``z0`` to the neighbouring slices, both ways.
 
-    Each next slice is prompted with the box of the current mask (grown by 10 %)
-    and the current low-res logits as the dense prompt. A direction stops at the
-    stack end, after ``max_slices``, or when the mask vanishes (< ``min_area`` px)
-    or jumps in size by more than ``max_growth`` x (it leaked into something else).
+    Each next slice is prompted with the previous slice's mask box grown by
+    ``max(3, 0.2 * sqrt(area))`` px, and (``use_point``) with that box plus a positive
+    point at the previous mask's innermost pixel as a second prompt set. The decoder's three
+    candidate masks (and the point's) are confined to the prompts
+    (:func:`napari_samsp.local_prompts.confine_mask`) and the one that overlaps the
+    previous slice's mask most is kept: the object moves and changes size a little
+    from slice to slice, it does not jump. A direction stops at the stack end, after
+    ``max_slices``, or when the object vanishes or leaks: fewer than ``min_area`` px,
+    an IoU with the previous slice below ``min_overlap``, less than ``min_inside`` of the
+    new mask on the previous one (it moved onto a neighbour), or a size change beyond
+    ``max_growth`` x either way.
+
+    The previous slice's logits are not used as a dense prompt: with a box on a new
+    slice they made SAM-style decoders return a blob (issue 11). Measured on real
+    stacks by ``scripts/propagation_carry.py`` (docs/PLUGIN.md).
 
     Args:
-        predictor: a Predictor; its image is changed (the last slice visited stays set).
-        planes: ``planes(z)`` -> the uint8 plane the model sees.
+        predictor: a Predictor; its image is changed (the last window visited stays set).
+        planes: ``planes(z)`` -> the uint8 plane the model sees, (H, W) or (H, W, 3).
         labels: (Z, H, W) labels (read only).
-        start_logits: (1, L, L) logits of the object on ``z0`` (else made from its mask).
+        start_logits: ignored (kept for callers of the earlier version).
+        tile, overlap: decode planes larger than ``tile`` in a window around the object
+            (:func:`napari_samsp.local_prompts.choose_window`); None decodes whole planes.
 
     Returns:
         {z: (H, W) bool mask} for every slice reached (``z0`` excluded).
     """
+    from .local_prompts import Window, choose_window, confine_mask, shift_prompts
+
+    del start_logits
     mask0 = np.asarray(labels[z0]) == label_id
     if not mask0.any():
         raise InputImageError(f"label {label_id} is not on slice {z0}: nothing to propagate")
@@ -392,31 +446,58 @@ def propagate_object(
     total = sum(min(limit, (num_planes - 1 - z0) if d > 0 else z0) for d in todo)
     done = 0
     out: dict[int, np.ndarray] = {}
+    h, w = mask0.shape
     for d in todo:
-        mask, logits = mask0, start_logits
-        if logits is None:
-            predictor.set_image(planes(z0))
-            logits = mask_to_logits(predictor, mask0)
+        mask = mask0
         z, steps = z0 + d, 0
         while 0 <= z < num_planes and steps < limit:
             if cancel is not None and cancel():
                 raise PropagationCancelled("propagation cancelled")
-            predictor.set_image(planes(z))
             area = int(mask.sum())
-            box = mask_box(mask, margin=max(2.0, 0.1 * float(np.sqrt(area))))
-            pred = predictor.predict(box=box, mask_input=logits, multimask_output=False)
-            new = pred.masks[0]
+            box = mask_box(mask, margin=max(3.0, 0.2 * float(np.sqrt(area))))
+            assert box is not None
+            extent = (float(box[1]), float(box[0]), float(box[3]), float(box[2]))
+            win = choose_window((h, w), extent, tile, overlap or 0) if tile else Window(0, h, 0, w)
+            plane = np.asarray(planes(z))
+            predictor.set_image(plane[win.slices])
+            prompts = [PromptSet(box=box)]
+            if use_point:
+                r, c = innermost_pixel(mask)  # type: ignore[misc]
+                prompts.append(PromptSet(np.array([[c, r]], np.float32), np.array([1], np.int64), box))
+            prev = mask[win.slices]
+            best, best_iou = None, -1.0
+            for i, ps in enumerate(prompts):
+                local = shift_prompts(ps, win)
+                pred = predictor.predict(
+                    point_coords=local.points if len(local.points) else None,
+                    point_labels=local.labels if len(local.points) else None,
+                    box=local.box,
+                    multimask_output=i == 0,
+                )
+                for cand in pred.masks:
+                    cand = confine_mask(cand, local)
+                    score = _iou(cand, prev)
+                    if score > best_iou:
+                        best, best_iou = cand, score
             steps += 1
             done += 1
             if progress is not None:
                 progress(done, total)
-            n = int(new.sum())
-            if n < min_area or n > max_growth * area or n * max_growth < area:
+            n = 0 if best is None else int(best.sum())
+            inside = int(np.count_nonzero(best & prev)) / n if n else 0.0
+            if (
+                n < min_area
+                or best_iou < min_overlap
+                or inside < min_inside
+                or n > max_growth * area
+                or n * max_growth < area
+            ):
                 break
+            new = np.zeros((h, w), bool)
+            new[win.slices] = best
             out[z] = new
-            mask, logits = new, pred.logits[:1]
+            mask = new
             z += d
     if progress is not None and done < total:
         progress(total, total)
     return out
-

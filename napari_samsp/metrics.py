@@ -34,6 +34,8 @@ __all__ = [
     "simulate_clicks",
     "noc",
     "noc_summary",
+    "box_prompt_scores",
+    "box_summary",
     "evaluate_folders",
     "summarize",
     "read_mask",
@@ -375,7 +377,43 @@ def noc_summary(results: Iterable[dict], max_clicks: int | None = None) -> dict:
         ious = list(r["ious"])[:length] or [0.0]
         curves.append(ious + [ious[-1]] * (length - len(ious)))
     out["miou_at_click"] = [float(v) for v in np.mean(np.asarray(curves, dtype=float), axis=0)]
+    for k in (1, 3, 5):
+        if k <= length:
+            out[f"iou@{k}"] = out["miou_at_click"][k - 1]
     return out
+
+
+def box_prompt_scores(mask, gt, box: Sequence[float]) -> dict:
+    """How well one box prompt was followed: IoU with the object and the share of the mask outside the box.
+
+    Args:
+        mask: (H, W) predicted mask (``> 0``).
+        gt: (H, W) ground-truth object (``> 0``).
+        box: x0, y0, x1, y1 in pixel indices, both ends inclusive (what
+            :func:`napari_samsp.interactive.mask_box` returns and the plugin sends).
+
+    Returns:
+        ``{"iou": float, "outside": float}``; ``outside`` is the fraction of predicted pixels whose
+        centre lies outside the box (0.0 for an empty prediction).
+    """
+    m, g = _binary_pair(mask, gt)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    rows = np.arange(m.shape[0])[:, None]
+    cols = np.arange(m.shape[1])[None, :]
+    inside = (rows >= y0) & (rows <= y1) & (cols >= x0) & (cols <= x1)
+    n = int(m.sum())
+    return {"iou": iou(m, g), "outside": float((m & ~inside).sum() / n) if n else 0.0}
+
+
+def box_summary(results: Iterable[dict]) -> dict:
+    """Means of :func:`box_prompt_scores` results: ``{"n", "box_iou", "box_outside", "box_outside_max"}``."""
+    results = list(results)
+    if not results:
+        return {"n": 0}
+    ious = [r["iou"] for r in results]
+    out = [r["outside"] for r in results]
+    return {"n": len(results), "box_iou": float(np.mean(ious)), "box_outside": float(np.mean(out)),
+            "box_outside_max": float(np.max(out))}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import torch
 
 from .errors import InputImageError, SamspError
 from .models.sam_model import ImageFeatures, SamModel
-from .transforms import InputTransform, split_planes, to_rgb_uint8
+from .transforms import LEGACY_PREPROCESSING, InputTransform, model_preprocessing, split_planes, to_rgb_uint8
 
 __all__ = [
     "EmbeddingCache",
@@ -407,12 +407,15 @@ class Predictor:
             InputImageError: empty, NaN, a stack (use ``transforms.split_planes``), or of a bad shape.
         """
         rgb_u8 = to_rgb_uint8(as_plane(image, rgb))
-        transform = InputTransform(self.model.img_size, (int(rgb_u8.shape[0]), int(rgb_u8.shape[1])))
+        prep = model_preprocessing(self.model)
+        transform = InputTransform(self.model.img_size, (int(rgb_u8.shape[0]), int(rgb_u8.shape[1])), prep)
         key = image_key(rgb_u8)
-        feats = self.cache.get(self.model_id, key)
+        # Embeddings depend on the preprocessing too: keep those of other preprocessings apart.
+        cache_id = self.model_id if prep == LEGACY_PREPROCESSING else f"{self.model_id}|{prep}"
+        feats = self.cache.get(cache_id, key)
         cached = feats is not None
         if feats is None:
-            feats = self.cache.put(self.model_id, key, self._encode(transform, rgb_u8))
+            feats = self.cache.put(cache_id, key, self._encode(transform, rgb_u8))
         self._features = feats.to(self.device)
         self._transform = transform
         self._rgb = rgb_u8
@@ -421,6 +424,9 @@ class Predictor:
 
     def _encode(self, transform: InputTransform, rgb_u8: np.ndarray) -> ImageFeatures:
         with torch.inference_mode():
+            prepare = getattr(self.model, "prepare_image", None)
+            if prepare is not None:  # a model family that fixes its own preprocessing (SamUNetPaper)
+                return self.model.encode(prepare(rgb_u8).to(self.device))
             x = transform.image_to_tensor(rgb_u8)[None].to(self.device)
             return self.model.encode(self.model.normalize_pixels(x))
 

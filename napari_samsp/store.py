@@ -94,6 +94,8 @@ class Entry:
         mask_kind: "binary" (0/255 PNG) or "instance" (uint16 labels PNG).
         mask_hash: pixel_hash of the labels as :func:`napari_samsp.io.read_mask` returns them.
         rid: unique id of the manifest record.
+        mask_source: where the mask started from when not from the model, e.g.
+            ``existing:/data/masks/a.png`` (a Cellpose / StarDist / colleague's mask the user corrected).
     """
 
     stem: str
@@ -111,6 +113,7 @@ class Entry:
     mask_kind: str
     mask_hash: str
     rid: str
+    mask_source: str | None = None
 
     @classmethod
     def from_record(cls, root: Path, rec: dict[str, Any]) -> "Entry":
@@ -130,6 +133,7 @@ class Entry:
             mask_kind=rec.get("mask_kind", ""),
             mask_hash=rec.get("mask_hash", ""),
             rid=rec.get("rid", ""),
+            mask_source=rec.get("mask_source"),
         )
 
 
@@ -493,6 +497,7 @@ class AnnotationStore:
         corrected: bool = True,
         name: str | None = None,
         allow_empty: bool = False,
+        mask_source: str | None = None,
     ) -> Entry:
         """Store one 2D image with its labels, or update the entry of the same pixels and slice.
 
@@ -509,6 +514,8 @@ class AnnotationStore:
             corrected: whether a person corrected the mask (False: accepted as proposed).
             name: the stem's readable part (default: the source's file stem).
             allow_empty: accept an all-background mask (a valid "nothing here" annotation).
+            mask_source: where the mask started from when not from the model
+                (``existing:<mask file>``); recorded only when given.
 
         Raises:
             InputImageError: invalid image or labels, labels of another size, or an empty mask;
@@ -550,6 +557,8 @@ class AnnotationStore:
                 "image_file": f"images/{image_path.name}",
                 "mask_file": f"masks/{mask_path.name}",
             }
+            if mask_source is not None:
+                record["mask_source"] = str(mask_source)
             line = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
             manifest_size = self.manifest_path.stat().st_size if self.manifest_path.exists() else 0
             pending = {"record": record, "prev_live": prev is not None, "prev_mask": mask_path.exists()}

@@ -1,20 +1,98 @@
 """Image normalisation and the mapping between the original pixel grid and the model input.
 
-Training and inference both go through :class:`InputTransform`, so the model
-always sees images prepared the same way: resized so the longest side is
-``img_size`` and zero-padded at the bottom/right to a square.
+Training and inference both go through :class:`InputTransform` (and
+:func:`resize_and_pad`), so the model always sees images prepared the same way:
+resized so the longest side is ``img_size`` and padded at the bottom/right to a square.
+
+Two preprocessings exist, named on every model card (``preprocessing``):
+
+* ``"sam"`` (:data:`SAM_PREPROCESSING`): upstream ``SamPredictor``'s. The uint8
+  image is resized with upstream ``ResizeLongestSide.apply_image``, normalised
+  with the pixel mean/std, then zero-padded. Here the padding is filled with the
+  pixel mean in [0, 255] space, so after ``SamModel.normalize_pixels`` it is
+  exactly 0, as upstream's. Official SAM, MedSAM and micro-sam weights use it.
+* ``"samsp-v1"`` (:data:`LEGACY_PREPROCESSING`): what napari-samsp's own models
+  were trained with: an antialiased bilinear ``torch`` resize of the float image,
+  zero-padded in pixel space *before* normalisation (the padding reaches the
+  encoder as ``-mean / std``). A card without the field means this one.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from .errors import InputImageError
+
+SAM_PREPROCESSING = "sam"
+LEGACY_PREPROCESSING = "samsp-v1"
+PREPROCESSINGS: dict[str, str] = {
+    SAM_PREPROCESSING: "upstream SAM: ResizeLongestSide on uint8, normalise, then zero-pad",
+    LEGACY_PREPROCESSING: "napari-samsp v1: torch antialiased resize, zero-pad, then normalise",
+}
+
+# Upstream Sam's default pixel mean (what every SAM checkpoint was trained with), read from its signature.
+SAM_PIXEL_MEAN: tuple[float, ...] = tuple(inspect.signature(Sam.__init__).parameters["pixel_mean"].default)
+
+
+def check_preprocessing(name: Any) -> str:
+    """``name`` if it is a known preprocessing, else ``ValueError`` listing the known ones."""
+    if name not in PREPROCESSINGS:
+        raise ValueError(f"unknown preprocessing {name!r}; known: {', '.join(PREPROCESSINGS)}")
+    return str(name)
+
+
+def model_preprocessing(model: Any) -> str:
+    """The preprocessing a model was trained with (its ``preprocessing`` attribute; legacy when unset)."""
+    return check_preprocessing(getattr(model, "preprocessing", LEGACY_PREPROCESSING))
+
+
+def set_model_preprocessing(model: Any, name: str) -> Any:
+    """Record on ``model`` which preprocessing it expects (loaders call this from the model card)."""
+    model.preprocessing = check_preprocessing(name)
+    return model
+
+
+def _pad_square(img: torch.Tensor, img_size: int, fill: tuple[float, ...] | None) -> torch.Tensor:
+    """(C, h, w) -> (C, S, S), padded at the bottom/right with zeros or a per-channel ``fill``."""
+    h, w = img.shape[-2:]
+    if fill is None:
+        return F.pad(img, (0, img_size - w, 0, img_size - h))
+    out = torch.tensor(fill, dtype=img.dtype).view(-1, 1, 1).repeat(1, img_size, img_size)
+    out[:, :h, :w] = img
+    return out
+
+
+def resize_and_pad(image: torch.Tensor | np.ndarray, img_size: int, preprocessing: str, size: tuple[int, int]) -> torch.Tensor:
+    """One image -> (3, S, S) float32 in [0, 255] space, ready for ``SamModel.normalize_pixels``.
+
+    Args:
+        image: (3, H, W) float tensor in [0, 255], or (H, W, 3) uint8 array.
+        img_size: the model's input side S.
+        preprocessing: ``"sam"`` or ``"samsp-v1"`` (see the module docstring).
+        size: (h, w) inside the square; for ``"sam"`` it must be upstream's
+            ``ResizeLongestSide.get_preprocess_shape`` of the image.
+    """
+    check_preprocessing(preprocessing)
+    if preprocessing == SAM_PREPROCESSING:
+        if isinstance(image, torch.Tensor):  # training: augmented floats back to the uint8 upstream resizes
+            image = image.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        resized = ResizeLongestSide(img_size).apply_image(np.ascontiguousarray(image))
+        if resized.shape[:2] != tuple(size):
+            raise ValueError(f"upstream resize gave {resized.shape[:2]}, expected {tuple(size)}")
+        t = torch.from_numpy(resized).permute(2, 0, 1).float()
+        return _pad_square(t, img_size, SAM_PIXEL_MEAN)
+    if not isinstance(image, torch.Tensor):
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    t = F.interpolate(image[None], size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return _pad_square(t, img_size, None)
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -87,10 +165,12 @@ class InputTransform:
     Attributes:
         img_size: the model's square input side S.
         original_size: (H, W) of the original image.
+        preprocessing: ``"sam"`` or ``"samsp-v1"``: how :meth:`image_to_tensor` resizes and pads.
     """
 
     img_size: int
     original_size: tuple[int, int]
+    preprocessing: str = LEGACY_PREPROCESSING
 
     @property
     def resized_size(self) -> tuple[int, int]:
@@ -98,13 +178,10 @@ class InputTransform:
         return ResizeLongestSide.get_preprocess_shape(*self.original_size, self.img_size)
 
     def image_to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (3, S, S) float32 in [0, 255], resized and zero-padded."""
+        """(H, W, 3) uint8 -> (3, S, S) float32 in [0, 255], resized and padded (see :func:`resize_and_pad`)."""
         if rgb.shape[:2] != self.original_size:
             raise InputImageError(f"image is {rgb.shape[:2]}, transform expects {self.original_size}")
-        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-        h, w = self.resized_size
-        t = F.interpolate(t, (h, w), mode="bilinear", align_corners=False, antialias=True)
-        return F.pad(t, (0, self.img_size - w, 0, self.img_size - h))[0]
+        return resize_and_pad(rgb, self.img_size, self.preprocessing, self.resized_size)
 
     def mask_to_tensor(self, mask: np.ndarray) -> torch.Tensor:
         """(H, W) labels -> (S, S) labels (nearest), zero-padded; for training targets."""

@@ -11,9 +11,44 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import DataLayoutError
-from .io import find_images
+from .io import IMAGE_SUFFIXES, find_images
 
-__all__ = ["WorkQueue", "order_images", "ranking_available"]
+__all__ = ["MASK_NAME_SUFFIXES", "WorkQueue", "find_existing_mask", "order_images", "ranking_available"]
+
+# Mask files next to their image: Cellpose writes <stem>_cp_masks.png; others <stem>_masks / _mask / _labels.
+MASK_NAME_SUFFIXES = ("_cp_masks", "_masks", "_mask", "_labels")
+
+
+def find_existing_mask(image: Path, masks_dir: Path | None = None) -> Path | None:
+    """A mask file made for ``image`` by another tool or person, if there is one.
+
+    Looked for, in order: ``masks_dir/<stem>.<ext>`` and ``masks_dir/<stem><suffix>.<ext>``
+    (the data layout DIR/images + DIR/masks, StarDist-style folders), then
+    ``<stem><suffix>.<ext>`` beside the image (Cellpose's ``_cp_masks``), for the suffixes
+    of :data:`MASK_NAME_SUFFIXES` and the image extensions (.png, .tif, ...).
+    """
+    image = Path(image)
+    names = [image.stem + sfx for sfx in ("", *MASK_NAME_SUFFIXES)]
+    places = [(masks_dir, names)] if masks_dir is not None else []
+    places.append((image.parent, names[1:]))
+    for folder, stems in places:
+        for stem in stems:
+            for ext in IMAGE_SUFFIXES:
+                for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
+                    if candidate.is_file() and candidate != image:
+                        return candidate
+    return None
+
+
+def _mask_files_among(paths: Sequence[Path]) -> set[Path]:
+    """The paths that are masks of another path of the list (``a_cp_masks.png`` beside ``a.png``)."""
+    stems = {(p.parent, p.stem) for p in paths}
+    out = set()
+    for p in paths:
+        for sfx in MASK_NAME_SUFFIXES:
+            if p.stem.endswith(sfx) and (p.parent, p.stem[: -len(sfx)]) in stems:
+                out.add(p)
+    return out
 
 OrderFn = Callable[..., list[Path]]
 
@@ -61,18 +96,33 @@ class WorkQueue:
         self.items: list[Path] = list(order([Path(p) for p in paths], predictor, **rank_kwargs))
         self.index = -1
         self.sent: set[Path] = set()
+        self.masks_dir: Path | None = None  # DIR/masks of a folder in the data layout
 
     @classmethod
     def from_folder(cls, folder: str | Path, order: OrderFn = order_images, predictor=None, **rank_kwargs) -> "WorkQueue":
-        """Every image in ``folder`` (or its ``images/`` subfolder when it follows the data layout)."""
+        """Every image in ``folder`` (or its ``images/`` subfolder when it follows the data layout).
+
+        Mask files beside their images (``a_cp_masks.png`` next to ``a.png``) are not queued;
+        :meth:`existing_mask` finds them, and those in ``folder/masks``.
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise DataLayoutError(f"not a folder: {folder}")
         source = folder / "images" if (folder / "images").is_dir() else folder
         paths = find_images([source])
+        masks = _mask_files_among(paths)
+        paths = [p for p in paths if p not in masks]
         if not paths:
             raise DataLayoutError(f"no images (.png, .jpg, .tif) in {source}")
-        return cls(paths, order, predictor, **rank_kwargs)
+        queue = cls(paths, order, predictor, **rank_kwargs)
+        if source != folder and (folder / "masks").is_dir():
+            queue.masks_dir = folder / "masks"
+        return queue
+
+    def existing_mask(self, path: Path | None = None) -> Path | None:
+        """The mask another tool or person made for ``path`` (default: the current image), if any."""
+        target = path or self.current
+        return None if target is None else find_existing_mask(Path(target), self.masks_dir)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
-#   bash scripts/run.sh setup   # system packages (where possible), .venv, the package with its dev extra
+#   bash scripts/run.sh setup   # system packages (where possible), .venv, the package with its dev and qt extras
 #   bash scripts/run.sh demo    # setup + headless `samsp segment` example + the napari demo (window or screenshot)
 #   bash scripts/run.sh test    # setup + the test suite
 set -euo pipefail
@@ -34,9 +34,10 @@ python_env() {
   fi
   "$PY" -m pip install -q --upgrade pip
   # torch and torchvision are pinned together and installed first: pip takes them
-  # from the local wheels here instead of downloading a different CUDA build.
+  # from the local wheels here instead of downloading a different CUDA build. This is
+  # the only exact pin: the package itself accepts torch>=2.1 (pyproject.toml).
   "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-  "$PY" -m pip install -q -e ".[dev]"
+  "$PY" -m pip install -q -e ".[dev,qt]" "torch==2.14.1" "torchvision==0.29.1"
 }
 
 setup() { system_packages; python_env; }
@@ -66,6 +67,8 @@ demo() {
 
 run_tests() {
   setup
+  # lint first (seconds): undefined names and unused code fail CI before the slower suite runs
+  "$VENV/bin/ruff" check napari_samsp training tests scripts
   "$PY" -m pytest -q "$@"
 }
 

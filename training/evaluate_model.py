@@ -124,6 +124,16 @@ class SamSegmenter:
 
         return predict
 
+    def box_predictor(self, image: np.ndarray) -> Callable:
+        """``predict(box) -> mask``: one box prompt (x0, y0, x1, y1, inclusive pixel indices), nothing else."""
+        self.predictor.set_image(image)
+        pred = self.predictor
+
+        def predict(box):
+            return pred.predict(box=np.asarray(box, np.float32), multimask_output=False).masks[0]
+
+        return predict
+
 
 # ----------------------------------------------------------------------------------------------
 # evaluation
@@ -165,6 +175,37 @@ def noc_on(seg: Segmenter, pairs, instance_set: bool, noc_objects: int = 10, max
     return out
 
 
+def box_objects(gt: np.ndarray, instance: bool, per_image: int) -> list[np.ndarray]:
+    """Objects a simulated user draws a box around: the foreground of a binary set; for an instance
+    set up to ``per_image`` objects spread evenly over the area ranking (deterministic)."""
+    if not instance:
+        fg = gt > 0
+        return [fg] if fg.any() else []
+    ids, areas = np.unique(gt[gt > 0], return_counts=True)
+    order = ids[np.argsort(areas, kind="stable")]
+    return [gt == i for i in evenly_spaced(list(order), per_image)]
+
+
+def box_on(seg: Segmenter, pairs, instance_set: bool, images: int = 10, per_image: int = 5) -> dict:
+    """Box-prompt IoU and the share of predicted pixels outside the box (``metrics.box_prompt_scores``).
+
+    The box is the object's tight box (``interactive.mask_box``, no margin), as a user drags it;
+    one decode per box with no other prompt, like the plugin's first box.
+    """
+    from napari_samsp.interactive import mask_box
+
+    results = []
+    for pair in evenly_spaced(pairs, images):
+        objs = box_objects(read_mask(pair.mask_path), instance_set, per_image)
+        if not objs:
+            continue
+        predict = seg.box_predictor(read_image(pair.image_path))
+        for obj in objs:
+            box = mask_box(obj)
+            results.append(metrics.box_prompt_scores(predict(box), obj, box))
+    return metrics.box_summary(results)
+
+
 def evaluate_dataset(
     seg: Segmenter,
     name: str,
@@ -174,6 +215,7 @@ def evaluate_dataset(
     noc_objects: int = 10,
     max_clicks: int = 20,
     log: Callable[[str], None] = print,
+    box_images: int = 10,
 ) -> dict:
     pairs = val_pairs(name, limit)
     instance_set = Path(name).name in INSTANCE_SETS
@@ -208,6 +250,8 @@ def evaluate_dataset(
     if noc_objects and getattr(seg, "supports_clicks", False):
         out["noc"] = noc_on(seg, pairs, instance_set, noc_objects, max_clicks)
         out["noc@90"] = out["noc"].get("noc@90", float("nan"))
+    if box_images and hasattr(seg, "box_predictor"):
+        out["box"] = box_on(seg, pairs, instance_set, box_images)
     return out
 
 
@@ -220,12 +264,14 @@ def evaluate(
     noc_objects: int = 10,
     max_clicks: int = 20,
     log: Callable[[str], None] = print,
+    box_images: int = 10,
 ) -> dict:
     """Metrics per data set plus their mean Dice over data sets."""
     res = {}
     t0 = time.time()
     for name in datasets:
-        res[Path(name).name] = evaluate_dataset(seg, name, limit, mode, card_mode, noc_objects, max_clicks, log)
+        res[Path(name).name] = evaluate_dataset(seg, name, limit, mode, card_mode, noc_objects, max_clicks, log,
+                                                box_images)
         r = res[Path(name).name]
         log(f"{Path(name).name}: Dice {r['dice']:.4f}" + (f" F1@0.5 {r['instance_f1@0.5']:.4f}" if "instance_f1@0.5" in r else "")
             + (f" NoC@90 {r['noc@90']:.2f}" if "noc@90" in r else "") + f" {r['seconds_per_image']:.3f} s/img")
@@ -233,7 +279,7 @@ def evaluate(
         "datasets": res,
         "mean_dice": float(np.mean([r["dice"] for r in res.values()])),
         "eval_seconds": time.time() - t0,
-        "settings": {"limit": limit, "mode": mode, "click_box": getattr(seg, "click_box", None), "noc_objects": noc_objects, "max_clicks": max_clicks,
+        "settings": {"limit": limit, "mode": mode, "click_box": getattr(seg, "click_box", None), "noc_objects": noc_objects, "max_clicks": max_clicks, "box_images": box_images,
                      "torch_threads": torch.get_num_threads(), "data_root": str(DATA_ROOT)},
     }
 
@@ -269,7 +315,13 @@ def load_checkpoint(path: str | Path, config_name: str, which: str = "best") -> 
     card: dict = {"mode": "semantic", "num_passes": 2}
     run_cfg = path.parent / "config.json"
     if run_cfg.is_file():
-        cfg = json.loads(run_cfg.read_text()).get("config", {})
+        run = json.loads(run_cfg.read_text())
+        cfg = run.get("config", {})
+        # The run's preprocessing (train.py records it; runs before the field are legacy samsp-v1).
+        from napari_samsp.transforms import LEGACY_PREPROCESSING, set_model_preprocessing
+
+        set_model_preprocessing(model, run.get("preprocessing") or LEGACY_PREPROCESSING)
+        card["preprocessing"] = model.preprocessing
         card["mode"] = cfg.get("mode", "semantic")
         card["num_passes"] = int(cfg.get("objective", {}).get("num_passes", 2))
     s = ckpt.get("state", {}) if isinstance(ckpt, dict) else {}
@@ -291,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-passes", type=int, default=None, help="self-prompting passes (default: from the card)")
     ap.add_argument("--noc-objects", type=int, default=10, help="objects per data set for NoC (0: skip)")
     ap.add_argument("--max-clicks", type=int, default=20)
+    ap.add_argument("--box-images", type=int, default=10,
+                    help="images per data set for box-prompt IoU (instance sets: up to 5 objects each; 0: skip)")
     ap.add_argument("--click-box", choices=("none", "image"), default="none",
                     help="NoC clicks alone (as the plugin sends them) or with the whole-image box (as training presents them)")
     ap.add_argument("--no-refine", action="store_true",
@@ -319,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     seg = SamSegmenter(model, model_id, num_passes, name=source, click_box=args.click_box,
                        refine_instances=refine)
     res = evaluate(seg, args.data, args.limit, args.mode, str(card.get("mode", "semantic")), args.noc_objects,
-                   args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True))
+                   args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True), box_images=args.box_images)
     res["settings"]["refine_instances"] = refine
     res["model"] = {"source": source, "model_id": model_id, "num_passes": num_passes,
                     "config": getattr(model, "config", None) and model.config.name,
@@ -330,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-    summary = {k: {m: v[m] for m in ("dice", "instance_f1@0.5", "noc@90", "seconds_per_image") if m in v}
+    summary = {k: {**{m: v[m] for m in ("dice", "instance_f1@0.5", "noc@90", "seconds_per_image") if m in v},
+                   **{m: v.get("noc", {}).get(m) for m in ("noc@85", "iou@1", "iou@3", "iou@5") if m in v.get("noc", {})},
+                   **{m: v["box"][m] for m in ("box_iou", "box_outside") if m in v.get("box", {})}}
                for k, v in res["datasets"].items()}
     print(json.dumps({"mean_dice": res["mean_dice"], "datasets": summary}, indent=2))
     if args.markdown:
@@ -352,6 +408,22 @@ def markdown(res: dict) -> str:
                      f"{f(r.get('instance_f1@0.5'))} | {f(r.get('pq'))} | {f(noc.get('noc@85'), '.1f')} | "
                      f"{f(noc.get('noc@90'), '.1f')} | {r['seconds_per_image']:.3f} | {f(noc.get('ms_per_click'), '.0f')} |")
     lines.append(f"| **mean over sets** | | | **{res['mean_dice']:.3f}** | | | | | | |")
+    return "\n".join(lines) + "\n\n" + prompt_markdown(res)
+
+
+def prompt_markdown(res: dict) -> str:
+    """The prompted table: simulated clicker (NoC, IoU after k clicks) and box prompts."""
+    lines = ["| data set | objects (clicks) | NoC@85 | NoC@90 | IoU@1 | IoU@3 | IoU@5 | boxes | box IoU | predicted px outside box |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v, fmt=".3f"):
+        return "-" if v is None else format(v, fmt)
+
+    for name, r in res["datasets"].items():
+        noc, box = r.get("noc", {}), r.get("box", {})
+        lines.append(f"| {name} | {noc.get('n', 0)} | {f(noc.get('noc@85'), '.1f')} | {f(noc.get('noc@90'), '.1f')} | "
+                     f"{f(noc.get('iou@1'))} | {f(noc.get('iou@3'))} | {f(noc.get('iou@5'))} | {box.get('n', 0)} | "
+                     f"{f(box.get('box_iou'))} | {f(box.get('box_outside'), '.1%') if 'box_outside' in box else '-'} |")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from napari_samsp.finetune.losses import mask_iou  # noqa: E402
 from napari_samsp.finetune.prompts import simulate_prompts  # noqa: E402
 from napari_samsp.io import list_pairs, read_splits, split_pairs  # noqa: E402
 from napari_samsp.models.checkpoints import load_model  # noqa: E402
+from napari_samsp.transforms import model_preprocessing  # noqa: E402
 
 DATA = Path(os.environ.get("SAMSP_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"))
 
@@ -31,7 +32,7 @@ DATA = Path(os.environ.get("SAMSP_DATA", Path(__file__).resolve().parents[1] / "
 def probe(model, examples, per_image: int = 6) -> dict[str, float]:
     out: dict[str, list[float]] = {"box": [], "point": [], "box+point": []}
     for start in range(0, len(examples), 4):
-        images, labels, _ = collate([prepare_sample(ex, model.img_size) for ex in examples[start : start + 4]])
+        images, labels, _ = collate([prepare_sample(ex, model.img_size, preprocessing=model_preprocessing(model)) for ex in examples[start : start + 4]])
         feats = model.encode(model.normalize_pixels(images))
         gen = torch.Generator().manual_seed(start)
         boxed = simulate_prompts(labels, per_image, gen, box_jitter=0.0, max_points=1, points_only_prob=0.0)

@@ -16,7 +16,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -107,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
 
         loaded = load_model(init, device="cpu")
         model, model_cfg = loaded.model, loaded.model.config
+    # The preprocessing is the init model's (a fine-tune inherits it); a fresh model takes the
+    # config's "preprocessing" (default: the legacy samsp-v1 every shipped model was trained with).
+    from napari_samsp.transforms import model_preprocessing, set_model_preprocessing
+
+    if cfg.get("preprocessing") and init and cfg["preprocessing"] != model_preprocessing(model):
+        raise SystemExit(f"config preprocessing {cfg['preprocessing']!r} differs from the init model's "
+                         f"{model_preprocessing(model)!r}: a fine-tune must keep its parent's preprocessing")
+    if cfg.get("preprocessing"):
+        set_model_preprocessing(model, cfg["preprocessing"])
     train_ex, val_ex = build_examples(cfg, rank)
     objective = ObjectiveConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.get("objective", {}).items()})
     augment = AugmentConfig(**cfg["augment"]) if isinstance(cfg.get("augment"), dict) else (None if cfg.get("augment") is False else AugmentConfig())
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        (out / "config.json").write_text(json.dumps({"config": cfg, "train": tcfg.to_dict()}, indent=2, default=str))
+        (out / "config.json").write_text(json.dumps({"config": cfg, "train": tcfg.to_dict(), "preprocessing": model_preprocessing(model)}, indent=2, default=str))
     log_every = int(cfg.get("log_every", 20))
     t_start = time.time()
     history = (out / "history.jsonl").open("a") if rank == 0 else None

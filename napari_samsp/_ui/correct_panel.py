@@ -10,7 +10,8 @@ import numpy as np
 from qtpy.QtWidgets import QCheckBox, QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..errors import InputImageError, SamspError
-from ..interactive import ObjectEditor, new_label_id, paint_mask, propagate_object
+from ..interactive import new_label_id, paint_mask, propagate_object
+from ..local_prompts import Window, WindowedEditor, choose_window, prompt_extent
 from .segment_panel import ensure_embedding, require_model
 
 
@@ -55,7 +56,7 @@ class CorrectPanel(QWidget):
         self.propagate_button = QPushButton("Propagate in 3D")
         self.propagate_button.setToolTip(
             "Carry the selected object to the neighbouring slices of a stack, each prompted with the "
-            "previous slice's box and mask [Shift+R]"
+            "previous slice's box; stops where the object ends [Shift+R]"
         )
         self.propagate_button.clicked.connect(lambda: self.propagate())
         grid.addWidget(self.sign_button, 0, 0)
@@ -174,17 +175,24 @@ class CorrectPanel(QWidget):
             s.messages.status(f"busy ({s.tasks.describe('model')}): the mask updates when it is done")
             return False
         z = ws.current_z()
-        if not ensure_embedding(s, ws, z, then=lambda: self.decode(restart=True)):
+        prompts = ws.prompts(z)
+        window = self._window(ws, z, prompts)
+        whole = window == Window(0, ws.spatial[-2], 0, ws.spatial[-1])
+        if not ensure_embedding(s, ws, z, then=lambda: self.decode(restart=True), window=None if whole else window):
             return False
         t0 = time.perf_counter()
-        prompts = ws.prompts(z)
         layer = ws.labels
         label_id = int(layer.selected_label) or new_label_id(layer.data)
         plane = ws.labels_plane(z)
         editor = s.editor
         key = (ws.key, z, label_id)
         try:
-            if editor is None or s.editor_key != key or not np.array_equal(plane, editor.painted):
+            if (
+                editor is None
+                or s.editor_key != key
+                or editor.window != window
+                or not np.array_equal(plane, editor.painted)
+            ):
                 if prompts.empty:
                     return False
                 # A fresh id and a first click on an existing object: correct that object.
@@ -196,7 +204,7 @@ class CorrectPanel(QWidget):
                         layer.selected_label = label_id
                         key = (ws.key, z, label_id)
                 s.history.push(ws.key, z, plane)
-                editor = ObjectEditor(s.predictor, plane, label_id, multimask_first_click=s.official_weights)
+                editor = WindowedEditor(s.predictor, plane, label_id, window, multimask_first_click=s.official_weights)
                 s.editor, s.editor_key = editor, key
                 restart = False
             t1 = time.perf_counter()
@@ -219,6 +227,17 @@ class CorrectPanel(QWidget):
                 f"decoded in {1000 * self.last_decode_s:.0f} ms"
             )
         return True
+
+    def _window(self, ws, z, prompts) -> Window:
+        """Where to decode: the whole plane, or on a large one the auto-segmentation tile around the
+        prompts (kept while the object's prompts fit in it), so objects keep their native scale."""
+        from ..autoseg import default_tiling
+
+        _, tile, overlap = default_tiling(self.session.predictor.model.img_size)
+        editor = self.session.editor
+        key = self.session.editor_key
+        current = editor.window if editor is not None and key is not None and key[:2] == (ws.key, z) else None
+        return choose_window(tuple(ws.spatial[-2:]), prompt_extent(prompts), tile, overlap, current)
 
     def commit_object(self) -> None:
         """Keep the object as painted, clear the prompts and select a new label id."""
@@ -295,15 +314,15 @@ class CorrectPanel(QWidget):
         if not (labels[z0] == label_id).any():
             s.messages.error(f"object {label_id} is not on slice {z0}: segment it there first (or select its label)")
             return None
-        start = None
-        if s.editor is not None and s.editor_key == (ws.key, z0, label_id) and s.editor.logits is not None:
-            start = s.editor.logits
         predictor = s.predictor
+        from ..autoseg import default_tiling
+
+        _, tile, overlap = default_tiling(predictor.model.img_size)
 
         def work(ctx):
             return propagate_object(
-                predictor, ws.model_plane, ws.num_planes, labels, z0, label_id, start_logits=start,
-                progress=ctx.report, cancel=ctx.cancelled,
+                predictor, ws.model_plane, ws.num_planes, labels, z0, label_id,
+                progress=ctx.report, cancel=ctx.cancelled, tile=tile, overlap=overlap,
             )
 
         def done(masks):
@@ -350,6 +369,7 @@ class CorrectPanel(QWidget):
                 store.add(
                     ws.raw_plane(z), plane, source=ws.source, slice_index=z, model_version=s.model_id,
                     corrected=True, name=ws.name,
+                    **({"mask_source": ws.mask_source} if getattr(ws, "mask_source", None) else {}),
                 )
                 for z, plane in planes
             ]

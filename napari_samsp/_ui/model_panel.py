@@ -22,6 +22,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..transforms import LEGACY_PREPROCESSING
+
 DEFAULT = "default"
 FILE = "file"
 ACTIVE_VERSION = "active version"
@@ -44,6 +46,7 @@ def card_html(loaded) -> str:
         ("architecture", cfg.get("name", "?") + (" + SAM-UNet branch" if cfg.get("unet") else "")),
         ("input", f"{card.get('input_size', cfg.get('img_size', '?'))} px, patch {cfg.get('patch_size', '?')}"),
         ("mode", f"{card.get('mode', 'semantic')}, {card.get('num_passes', '?')} self-prompting passes"),
+        ("preprocessing", str(card.get("preprocessing") or LEGACY_PREPROCESSING)),
         ("version", str(card.get("version", loaded.model_id))[:24]),
     ]
     if card.get("parent"):

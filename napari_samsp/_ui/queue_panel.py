@@ -191,6 +191,10 @@ class QueuePanel(QWidget):
                 return layer
         self.queue_layer = layer
         self._update_info()
+        from .existing import open_existing_mask
+
+        if open_existing_mask(s, q.existing_mask(path)):
+            return layer  # the user corrects that mask: no auto-segmentation over it
         if self.auto.isChecked() and s.predictor is not None:
             self.segment_panel.segment_current()
         return layer

@@ -19,13 +19,15 @@ def require_model(session) -> bool:
     return True
 
 
-def ensure_embedding(session, ws: Workspace, z: int | None, then=None) -> bool:
-    """Make the predictor hold the features of plane ``z`` of ``ws``.
+def ensure_embedding(session, ws: Workspace, z: int | None, then=None, window=None) -> bool:
+    """Make the predictor hold the features of plane ``z`` of ``ws`` (or of its ``window``,
+    a :class:`~napari_samsp.local_prompts.Window`; None: the whole plane).
 
     Returns True when they are ready now; otherwise starts a worker (cache lookup or
     encoder) and calls ``then()`` when it is done.
     """
-    if session.embedded == (ws.key, z) and session.predictor is not None:
+    key = (ws.key, z) if window is None else (ws.key, z, tuple(window))
+    if session.embedded == key and session.predictor is not None:
         return True
     if not require_model(session):
         return False
@@ -33,13 +35,14 @@ def ensure_embedding(session, ws: Workspace, z: int | None, then=None) -> bool:
 
     def work(ctx):
         t0 = time.perf_counter()
-        predictor.set_image(ws.model_plane(z))
+        plane = ws.model_plane(z)
+        predictor.set_image(plane if window is None else plane[window.slices])
         return predictor.last_embed_was_cached, time.perf_counter() - t0
 
     def done(result):
         cached, seconds = result
         if session.predictor is predictor:
-            session.embedded = (ws.key, z)
+            session.embedded = key
         where = "" if z is None else f" of slice {z}"
         session.messages.status(f"embedding{where} {'from the cache' if cached else 'computed'} in {seconds:.2f} s")
         if then is not None:
@@ -287,21 +290,28 @@ class SegmentPanel(QWidget):
         predictor = self.session.predictor
         n = ws.num_planes
         zs = list(range(n)) if ws.is_stack else [None]
+        from ..autoseg import default_tiling
+        from ..tiling import plan_tiles
+
+        threshold, tile, overlap = default_tiling(predictor.model.img_size)
+        large = max(ws.spatial[-2:]) > threshold  # clicks there are decoded in these tiles
 
         def work(ctx):
             hits = 0
             for i, z in enumerate(zs):
                 if ctx.cancelled():
                     break
-                predictor.set_image(ws.model_plane(z))
-                hits += int(predictor.last_embed_was_cached)
+                plane = ws.model_plane(z)
+                for y0, y1, x0, x1 in plan_tiles(plane.shape[:2], tile, overlap) if large else [(0, None, 0, None)]:
+                    predictor.set_image(plane[y0:y1, x0:x1])
+                    hits += int(predictor.last_embed_was_cached)
                 ctx.report(i + 1, len(zs))
             return zs[i], hits
 
         def done(result):
             last, hits = result
             if self.session.predictor is predictor:
-                self.session.embedded = (ws.key, last)
+                self.session.embedded = None if large else (ws.key, last)
             self.session.messages.status(f"embeddings ready for {len(zs)} plane(s) ({hits} from the cache)")
 
         return self.session.tasks.start("model", f"embedding {len(zs)} plane(s) of '{ws.name}'", work, on_done=done, total=len(zs))

@@ -23,6 +23,8 @@ from ..interactive import PromptSet, StackNormaliser, prompts_on_plane, spatial_
 
 _KEYS = itertools.count(1)
 
+PROMPT_POINT_PX = 10.0  # prompt points are drawn this wide on screen at any zoom
+PROMPT_EDGE_PX = 2.0  # box edges, likewise
 POSITIVE_COLOR = np.array([0.2, 0.95, 0.3, 1.0], np.float32)
 NEGATIVE_COLOR = np.array([1.0, 0.2, 0.25, 1.0], np.float32)
 
@@ -57,6 +59,8 @@ class Workspace:
         self._points = None
         self._shapes = None
         self.prompt_positive = True
+        self._zoom_watched = False
+        self.mask_source: str | None = None  # "existing:<path>" when the labels came from a mask file
         labels, points, shapes = adopt
         if self._alive(labels) and tuple(labels.data.shape) == self.spatial:
             self._labels = labels
@@ -67,6 +71,8 @@ class Workspace:
         if self._alive(shapes) and shapes.ndim == len(self.spatial):
             self._shapes = shapes
             shapes.events.data.connect(self._on_shapes)
+        if self._points is not None or self._shapes is not None:
+            self._watch_zoom()
         self.dirty = False  # edits not sent to the store yet
         self.on_prompts: Callable[[str], None] | None = None  # called with the event action
         self.on_user_edit: Callable[[], None] | None = None
@@ -138,7 +144,7 @@ class Workspace:
     @property
     def points(self):
         if not self._alive(self._points):
-            size = max(3.0, min(self.spatial[-2:]) / 50.0)
+            size = self._screen_to_data(PROMPT_POINT_PX)
             layer = self.viewer.add_points(
                 np.zeros((0, len(self.spatial))),
                 name=f"{self.name} prompts",
@@ -154,6 +160,7 @@ class Workspace:
             layer.events.data.connect(self._on_points)
             layer.mode = "add"
             self._points = layer
+            self._watch_zoom()
         return self._points
 
     @property
@@ -164,13 +171,43 @@ class Workspace:
                 ndim=len(self.spatial),
                 edge_color="yellow",
                 face_color=[0, 0, 0, 0],
-                edge_width=max(1.0, min(self.spatial[-2:]) / 200.0),
+                edge_width=self._screen_to_data(PROMPT_EDGE_PX),
                 **self._geometry(),
             )
             layer.events.data.connect(self._on_shapes)
             layer.mode = "add_rectangle"
             self._shapes = layer
+            self._watch_zoom()
         return self._shapes
+
+    # -- screen-constant prompt sizes ----------------------------------------------------
+    def _screen_to_data(self, pixels: float) -> float:
+        """``pixels`` screen pixels in the image's data units at the current zoom."""
+        zoom = float(self.viewer.camera.zoom) or 1.0
+        return float(pixels) / (zoom * abs(float(self.image.scale[-1])) or 1.0)
+
+    def _watch_zoom(self) -> None:
+        if not self._zoom_watched:
+            self.viewer.camera.events.zoom.connect(self._on_zoom)
+            self._zoom_watched = True
+
+    def _on_zoom(self, event=None) -> None:
+        """Keep prompt points PROMPT_POINT_PX and box edges PROMPT_EDGE_PX wide on screen at any zoom
+        (a point sized in data pixels is 80 px wide when zoomed into a 4000 px image)."""
+        if self._alive(self._points):
+            size = self._screen_to_data(PROMPT_POINT_PX)
+            layer = self._points
+            with layer.events.data.blocker():
+                if len(layer.data):
+                    layer.size = np.full(len(layer.data), size)
+                layer.current_size = size
+        if self._alive(self._shapes):
+            width = self._screen_to_data(PROMPT_EDGE_PX)
+            layer = self._shapes
+            with layer.events.data.blocker():
+                if layer.nshapes:
+                    layer.edge_width = [width] * layer.nshapes
+                layer.current_edge_width = width
 
     def _find(self, name: str, kind: str):
         for layer in self.viewer.layers:
@@ -189,6 +226,10 @@ class Workspace:
         if self._labels is not None:
             with contextlib.suppress(Exception):
                 self._labels.events.paint.disconnect(self._on_paint)
+        if self._zoom_watched:
+            with contextlib.suppress(Exception):
+                self.viewer.camera.events.zoom.disconnect(self._on_zoom)
+            self._zoom_watched = False
         self.on_prompts = None
         self.on_user_edit = None
 

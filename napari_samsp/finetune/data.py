@@ -1,8 +1,9 @@
 """Training data: image/mask pairs in the fixed data layout, prepared like inference, augmented.
 
-Every sample is produced by the same :class:`~napari_samsp.transforms.InputTransform`
-as inference (resize the longest side to the model input, zero-pad to a square),
-so the model learns that padding is background exactly as it will see it.
+Every sample is resized and padded by the same :func:`~napari_samsp.transforms.resize_and_pad`
+as inference, with the preprocessing of the model being trained (its card's
+``preprocessing``: pass ``model_preprocessing(model)``), so the model learns
+that padding is background exactly as it will see it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..errors import DataLayoutError, InputImageError
-from ..transforms import to_rgb_uint8
+from ..transforms import LEGACY_PREPROCESSING, SAM_PREPROCESSING, check_preprocessing, resize_and_pad, to_rgb_uint8
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Sample:
     """One augmented, model-ready sample.
 
     Attributes:
-        image: (3, S, S) float32 in [0, 255], zero-padded.
+        image: (3, S, S) float32 in [0, 255] space, padded as the preprocessing says.
         labels: (S, S) int64 instance labels in the input frame (0 outside the image).
         valid: (S, S) bool, True inside the (unpadded) image.
     """
@@ -127,8 +129,13 @@ def prepare_sample(
     img_size: int,
     rng: random.Random | None = None,
     augment: AugmentConfig | None = None,
+    preprocessing: str = LEGACY_PREPROCESSING,
 ) -> Sample:
-    """Crop/augment one example and map it into the model's input frame."""
+    """Crop/augment one example and map it into the model's input frame.
+
+    ``preprocessing`` must be the trained model's (``transforms.model_preprocessing(model)``).
+    """
+    check_preprocessing(preprocessing)
     img = torch.from_numpy(example.image).permute(2, 0, 1).float()  # (3, H, W)
     lab = torch.from_numpy(example.labels.astype(np.int64))  # (H, W)
     if augment is not None and rng is not None:
@@ -141,14 +148,17 @@ def prepare_sample(
             img, lab = img[:, y0 : y0 + ch, x0 : x0 + cw], lab[y0 : y0 + ch, x0 : x0 + cw]
         img = _intensity(img, rng, augment)
     h, w = lab.shape
-    scale = img_size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    img = F.interpolate(img[None], (nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+    if preprocessing == SAM_PREPROCESSING:
+        nh, nw = ResizeLongestSide.get_preprocess_shape(h, w, img_size)
+    else:
+        scale = img_size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    img = resize_and_pad(img, img_size, preprocessing, (nh, nw))
     lab = F.interpolate(lab[None, None].float(), (nh, nw), mode="nearest")[0, 0].long()
     pad = (0, img_size - nw, 0, img_size - nh)
     valid = torch.zeros(img_size, img_size, dtype=torch.bool)
     valid[:nh, :nw] = True
-    return Sample(F.pad(img, pad), F.pad(lab, pad), valid)
+    return Sample(img, F.pad(lab, pad), valid)
 
 
 class BalancedSampler:

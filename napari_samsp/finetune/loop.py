@@ -27,6 +27,7 @@ from ..models.lora import apply_lora, lora_parameters
 from ..models.sam_model import SamModel
 from ..models.sam_sp import SamSP
 from ..models.sam_unet import SamUNet
+from ..transforms import model_preprocessing
 from .data import AugmentConfig, BalancedSampler, Example, check_examples, collate, prepare_sample
 from .objective import ObjectiveConfig, SelfPromptObjective
 
@@ -69,6 +70,9 @@ class TrainConfig:
     # noisy, and swapping a working model for a "better by 0.001" one is a coin toss.
     min_gain: float = 0.0
     domain_weights: dict[str, float] | None = None  # sampling weight per domain (default: balanced)
+    # Wall-clock budget (s) for this call: stop after the step that crosses it, and run the LR
+    # schedule on max(step / steps, elapsed / max_seconds) so a time-boxed run still anneals.
+    max_seconds: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,11 +152,12 @@ def validate(model: SamModel, examples: Sequence[Example], num_passes: int, batc
     was_training = model.training
     model.eval()
     sp = SamSP(model, num_passes=num_passes)
+    prep = model_preprocessing(model)
     per_domain: dict[str, list[float]] = {}
     empty_fp: dict[str, list[float]] = {}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        images, labels, valid = collate([prepare_sample(ex, model.img_size) for ex in chunk])
+        images, labels, valid = collate([prepare_sample(ex, model.img_size, preprocessing=prep) for ex in chunk])
         dev = next(model.parameters()).device
         outs = sp.run_passes(model.encode(model.normalize_pixels(images.to(dev))))
         pred = (model.upscale_logits(outs[-1].logits)[:, 0] > 0).cpu() & valid
@@ -180,10 +185,10 @@ def validate(model: SamModel, examples: Sequence[Example], num_passes: int, batc
     return metrics
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
+def _lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_fraction)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -260,15 +265,16 @@ def train(
     while state.step < cfg.steps:
         if cb.should_cancel is not None and cb.should_cancel():
             raise TrainingCancelled(f"fine-tuning cancelled at step {state.step}")
+        time_fraction = (time.time() - t0) / cfg.max_seconds if cfg.max_seconds else 0.0
         for group in opt.param_groups:
-            group["lr"] = _lr_at(state.step, cfg)
+            group["lr"] = _lr_at(state.step, cfg, time_fraction)
         exs = [sampler.draw() for _ in range(cfg.batch_size)]
         if cache_features:
             # Frozen encoder: embeddings depend only on the image (dihedral
             # augmentation is applied by caching each variant), so reuse them.
             loss_dict = _cached_step(objective, runner, exs, rng, feature_cache, cfg, device)
         else:
-            images, labels, valid = collate([prepare_sample(ex, model.img_size, rng, cfg.augment) for ex in exs])
+            images, labels, valid = collate([prepare_sample(ex, model.img_size, rng, cfg.augment, model_preprocessing(model)) for ex in exs])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 loss_dict = runner(images.to(device), labels.to(device), valid.to(device))
         loss = loss_dict["total"]
@@ -299,7 +305,13 @@ def train(
             cb.on_loss(state.step, values)
         if cb.progress:
             cb.progress(state.step, cfg.steps)
-        last = state.step == cfg.steps
+        out_of_time = bool(cfg.max_seconds) and time.time() - t0 >= cfg.max_seconds
+        if dist.is_initialized() and cfg.max_seconds:
+            # ranks' clocks differ: stop together on rank 0's decision
+            flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
+            dist.broadcast(flag, 0)
+            out_of_time = bool(flag.item() > 0)
+        last = state.step == cfg.steps or out_of_time
         if val_examples and _is_main() and (state.step % cfg.val_every == 0 or last):
             metrics = validate(model, val_examples, cfg.objective.num_passes)
             state.history.append({"step": state.step, "time": time.time() - t0, **metrics, "loss": values["total"]})
@@ -322,7 +334,7 @@ def train(
             stopped_early = bool(flag.item() > 0)
         if checkpoint_path is not None and _is_main() and (state.step % cfg.checkpoint_every == 0 or last or stopped_early):
             _save_checkpoint(Path(checkpoint_path), model, opt, state, best)
-        if stopped_early:
+        if stopped_early or out_of_time:
             break
     if best is not None:
         model.load_state_dict(best)
@@ -348,7 +360,7 @@ def _cached_step(objective: SelfPromptObjective, runner: torch.nn.Module, exs, r
         # every variant is encoded once and all of them occur.
         variant = rng.randrange(flips * turns)
         flip, k = variant >= turns, variant % turns
-        sample = prepare_sample(_dihedral_variant(ex, flip, k), model.img_size)
+        sample = prepare_sample(_dihedral_variant(ex, flip, k), model.img_size, preprocessing=model_preprocessing(model))
         key = (id(ex), variant)
         if key not in cache:
             with torch.no_grad():

@@ -82,3 +82,50 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def iou_head_loss(iou_pred: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE between the decoder's predicted IoU (N, 1) and the actual IoU of its mask."""
     return F.mse_loss(iou_pred[:, 0], mask_iou(logits.detach(), target))
+
+
+def grown_boxes(boxes: torch.Tensor, margin: float, min_margin: float = 2.0) -> torch.Tensor:
+    """(N, 4) x0, y0, x1, y1 boxes grown on each side by ``margin`` x side length (at least ``min_margin`` px)."""
+    side = (boxes[:, 2:] - boxes[:, :2]).clamp_min(0)
+    grow = (side * margin).clamp_min(min_margin).repeat(1, 2)
+    return boxes + grow * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=boxes.device)
+
+
+def outside_box_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, H, W) True where a pixel centre (x + 0.5, y + 0.5) lies outside its (N, 4) box."""
+    h, w = size
+    ys = torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5
+    xs = torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5
+    b = boxes[:, :, None, None]
+    inside_x = (xs[None, None, None, :] >= b[:, 0:1]) & (xs[None, None, None, :] <= b[:, 2:3])
+    inside_y = (ys[None, None, :, None] >= b[:, 1:2]) & (ys[None, None, :, None] <= b[:, 3:4])
+    return ~(inside_x & inside_y)
+
+
+def box_outside_loss(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    target: torch.Tensor | None = None,
+    margin: float = 0.1,
+    threshold: float = 0.25,
+) -> torch.Tensor:
+    """Penalty for foreground predicted outside a box prompt, per prompt set, averaged.
+
+    For each mask: the sum of ``relu(p - threshold)`` over pixels outside the box grown by
+    ``margin`` (and not part of ``target``, so a box drawn too tight never fights the object),
+    divided by the same sum over the whole mask (detached): the soft fraction of the predicted
+    object lying outside its box. It is exactly 0 when no pixel outside the box has a
+    probability above ``threshold`` and its gradient only lowers those pixels.
+
+    Args:
+        logits: (N, 1, H, W) mask logits in the frame of ``boxes``.
+        boxes: (N, 4) x0, y0, x1, y1 in pixels.
+        target: optional (N, 1, H, W) object masks excluded from the penalty.
+    """
+    q = torch.relu(torch.sigmoid(logits.float()) - threshold)  # float32: bf16 boxes would be off by pixels
+    out = outside_box_mask(grown_boxes(boxes.float(), margin), logits.shape[-2:])
+    if target is not None:
+        out = out & (target <= 0.5)
+    spill = (q * out).flatten(1).sum(1)
+    total = q.detach().flatten(1).sum(1).clamp_min(1.0)
+    return (spill / total).mean()

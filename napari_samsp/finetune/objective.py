@@ -9,8 +9,8 @@ import torch.nn as nn
 
 from ..models.sam_model import ImageFeatures, SamModel
 from ..models.sam_sp import SamSP
-from .losses import distillation_loss, iou_head_loss, segmentation_loss
-from .prompts import corrective_clicks, simulate_prompts
+from .losses import box_outside_loss, distillation_loss, iou_head_loss, segmentation_loss
+from .prompts import corrective_clicks, simulate_interactive_prompts
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,17 @@ class ObjectiveConfig:
     distill_temperature: float = 1.0
     prompt_weight: float = 1.0
     prompts_per_image: int = 4
+    # Corrective clicks after the first prompt (SAM used 8 + 2 mask-only; see docs/BENCHMARKS.md).
     click_iterations: int = 1
     iou_weight: float = 1.0
     focal_alpha: float = 0.25
+    # weights of the first prompt kinds: point, box, point+box, propagate (box + shifted-mask logits)
+    prompt_kind_probs: tuple[float, ...] = (0.35, 0.25, 0.2, 0.2)
+    box_jitter: float = 0.1  # SAM: 10 % of the box side
+    mask_prompt_drop: float = 0.2  # chance that a corrective iteration goes without the previous logits
+    box_weight: float = 1.0  # box_outside_loss weight for prompt sets with a box
+    box_margin: float = 0.1  # the box is grown by this fraction of its side before penalising
+    prompt_free_weight: float = 1.0  # weight of the self-prompting + distillation (prompt-free) path
 
 
 class SelfPromptObjective(nn.Module):
@@ -43,6 +51,10 @@ class SelfPromptObjective(nn.Module):
         self.config = config
         self.sp = SamSP(model, num_passes=config.num_passes, use_points=config.use_points)
         self.gen = torch.Generator().manual_seed(seed)
+        # Tests set this to keep each iteration's logits / clicks in ``self.trace`` (holds the graph).
+        self.record_trace = False
+        self.trace: list[dict] = []
+        self.last_box_outside: float | None = None
 
     def forward(
         self,
@@ -63,38 +75,92 @@ class SelfPromptObjective(nn.Module):
         seg = sum(w * segmentation_loss(u, fg, weight, focal_alpha=cfg.focal_alpha) for w, u in zip(pw, up)) / sum(pw)
         iou = sum(iou_head_loss(p.iou, u, fg) for p, u in zip(passes, up)) / len(passes)
         losses = {"seg": seg, "iou": iou}
-        total = seg + cfg.iou_weight * iou
+        total = cfg.prompt_free_weight * (seg + cfg.iou_weight * iou)
         if cfg.distill_weight > 0 and len(up) > 1:
             distill = sum(
                 distillation_loss(u, up[-1], cfg.distill_kind, cfg.distill_temperature, weight) for u in up[:-1]
             ) / (len(up) - 1)
             losses["distill"] = distill
-            total = total + cfg.distill_weight * distill
+            total = total + cfg.prompt_free_weight * cfg.distill_weight * distill
         if cfg.prompt_weight > 0 and cfg.prompts_per_image > 0:
             prompted = self._prompted_loss(features, labels.cpu())
             if prompted is not None:
                 losses["prompted"] = prompted
+                if self.last_box_outside is not None:
+                    losses["box_out"] = torch.tensor(self.last_box_outside)
                 total = total + cfg.prompt_weight * prompted
         losses["total"] = total
         return losses
 
     def _prompted_loss(self, features: ImageFeatures, labels: torch.Tensor) -> torch.Tensor | None:
-        batch = simulate_prompts(labels, self.config.prompts_per_image, self.gen)
+        """SAM-style interactive training: a first prompt, then corrective clicks from the model's own errors.
+
+        Iteration 0 decodes the first prompts (:func:`simulate_interactive_prompts`); each of the
+        ``click_iterations`` that follow adds one click per prompt set, drawn from the larger error
+        region (false negatives -> positive, false positives -> negative) of the prediction just made
+        (:func:`corrective_clicks`), and feeds that prediction's low-res logits back as the mask
+        prompt (dropped with ``mask_prompt_drop``). Focal + Dice + IoU-head loss apply at every
+        iteration, plus ``box_weight`` x :func:`box_outside_loss` for prompt sets with a box.
+        The image encoder ran once for the batch; each iteration costs only prompt encoder + decoder.
+        """
+        cfg = self.config
+        low_res = int(self.model.prompt_encoder.mask_input_size[0])
+        batch = simulate_interactive_prompts(labels, cfg.prompts_per_image, self.gen, low_res,
+                                             kind_probs=tuple(cfg.prompt_kind_probs), box_jitter=cfg.box_jitter)
         if batch is None:
             return None
         dev = features.embeddings.device
         targets = batch.targets.to(dev)
         coords, plabels = batch.point_coords.to(dev), batch.point_labels.to(dev)
-        boxes = batch.boxes.to(dev) if batch.boxes is not None else None
+        boxes, has_box = batch.boxes.to(dev), batch.has_box.to(dev)
+        mask_in, has_mask = batch.mask_input.to(dev), batch.has_mask.to(dev)
         index = batch.image_index.to(dev)
-        logits, iou = self.model.decode(features, coords, plabels, boxes, image_index=index)
-        up = self.model.upscale_logits(logits)
-        loss = segmentation_loss(up, targets, focal_alpha=self.config.focal_alpha) + self.config.iou_weight * iou_head_loss(iou, up, targets)
-        for _ in range(self.config.click_iterations):
-            c, lab = corrective_clicks(up.detach().cpu(), targets.cpu(), self.gen)
-            coords = torch.cat([coords, c.to(dev)], 1)
-            plabels = torch.cat([plabels, lab.to(dev)], 1)
-            logits, iou = self.model.decode(features, coords, plabels, boxes, mask_input=logits.detach(), image_index=index)
+        trace: list[dict] = []
+        losses, outside = [], []
+        up = logits = torch.empty(0)  # set by iteration 0, read by the corrective iterations after it
+        for it in range(1 + cfg.click_iterations):
+            if it > 0:
+                c, lab = corrective_clicks(up.detach().cpu(), batch.targets, self.gen)
+                if self.record_trace:
+                    trace[-1]["clicks"] = (c, lab)
+                coords = torch.cat([coords, c.to(dev)], 1)
+                plabels = torch.cat([plabels, lab.to(dev)], 1)
+                mask_in = logits.detach()
+                keep = torch.rand(len(index), generator=self.gen) >= cfg.mask_prompt_drop
+                has_mask = keep.to(dev)
+            logits, iou = self._decode_groups(features, coords, plabels, boxes, has_box, mask_in, has_mask, index)
             up = self.model.upscale_logits(logits)
-            loss = loss + segmentation_loss(up, targets, focal_alpha=self.config.focal_alpha) + self.config.iou_weight * iou_head_loss(iou, up, targets)
-        return loss / (1 + self.config.click_iterations)
+            loss = segmentation_loss(up, targets, focal_alpha=cfg.focal_alpha) + cfg.iou_weight * iou_head_loss(iou, up, targets)
+            if cfg.box_weight > 0 and bool(has_box.any()):
+                rows = torch.nonzero(has_box).flatten()
+                spill = box_outside_loss(up[rows], boxes[rows], targets[rows], margin=cfg.box_margin)
+                outside.append(spill)
+                loss = loss + cfg.box_weight * spill
+            losses.append(loss)
+            if self.record_trace:
+                trace.append({"logits": up, "loss": loss, "has_box": has_box.clone(), "boxes": boxes, "targets": targets})
+        if self.record_trace:
+            self.trace = trace
+        self.last_box_outside = float(torch.stack(outside).mean().detach()) if outside else None
+        return torch.stack(losses).mean()
+
+    def _decode_groups(self, features, coords, plabels, boxes, has_box, mask_in, has_mask, index):
+        """Decode N prompt sets whose prompt types differ: one ``decode`` per (box?, mask?, points?) group.
+
+        Rows without a box / mask / valid point go without that prompt, exactly as the predictor sends them.
+        Returns (N, 1, L, L) logits and (N, 1) IoU predictions in row order.
+        """
+        has_pts = (plabels >= 0).any(1)
+        key = has_box.long() * 4 + has_mask.long() * 2 + has_pts.long()
+        logits = iou = None
+        for k in torch.unique(key).tolist():
+            rows = torch.nonzero(key == k).flatten()
+            pts = (coords[rows], plabels[rows]) if k & 1 else (None, None)
+            lg, io = self.model.decode(features, pts[0], pts[1], boxes[rows] if k & 4 else None,
+                                       mask_input=mask_in[rows] if k & 2 else None, image_index=index[rows])
+            if logits is None:
+                logits = lg.new_zeros((len(key),) + lg.shape[1:])
+                iou = io.new_zeros((len(key),) + io.shape[1:])
+            logits = logits.index_copy(0, rows, lg)
+            iou = iou.index_copy(0, rows, io)
+        return logits, iou

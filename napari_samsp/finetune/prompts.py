@@ -120,3 +120,170 @@ def corrective_clicks(pred_logits: torch.Tensor, targets: torch.Tensor, gen: tor
         coords[n, 0] = _random_pixel(fn if positive else fp, gen)
         labels[n, 0] = int(positive)
     return coords, labels
+
+
+# --------------------------------------------------------------------------- interactive training
+
+#: First-prompt kinds of :func:`simulate_interactive_prompts`, in the order of ``kind_probs``.
+PROMPT_KINDS = ("point", "box", "point+box", "propagate")
+
+
+@dataclass
+class InteractiveBatch:
+    """N first prompts over B images for interactive (SAM-style) training, in the input frame.
+
+    Attributes:
+        image_index: (N,) image of each prompt set.
+        targets: (N, 1, S, S) float object masks.
+        kind: (N,) index into :data:`PROMPT_KINDS`.
+        boxes: (N, 4) x0, y0, x1, y1; rows without a box hold zeros.
+        has_box: (N,) bool.
+        point_coords: (N, P, 2) (x, y); point_labels: (N, P), 1 / 0 / -1 padding.
+        mask_input: (N, 1, L, L) low-res logits of the propagation prompt (zeros elsewhere).
+        has_mask: (N,) bool, True for propagation prompts.
+    """
+
+    image_index: torch.Tensor
+    targets: torch.Tensor
+    kind: torch.Tensor
+    boxes: torch.Tensor
+    has_box: torch.Tensor
+    point_coords: torch.Tensor
+    point_labels: torch.Tensor
+    mask_input: torch.Tensor
+    has_mask: torch.Tensor
+
+
+def _human_point(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(x, y) + 0.5 of an object pixel drawn with probability proportional to its depth.
+
+    People click inside, away from the boundary, but not exactly at the centre: the
+    weight is the pixel's distance to the object's edge (scipy's Euclidean transform).
+    """
+    from scipy import ndimage
+
+    dt = torch.from_numpy(ndimage.distance_transform_edt(mask.numpy()).astype("float32")).flatten()
+    i = int(torch.multinomial(dt / dt.sum(), 1, generator=gen))
+    s = mask.shape[-1]
+    return torch.tensor([i % s, i // s], dtype=torch.float32) + 0.5
+
+
+def _jitter_box(box: torch.Tensor, s: int, gen: torch.Generator, jitter: float) -> torch.Tensor:
+    """A box moved as a person draws it: each side by N(0, jitter * side length), at most 2 sigma."""
+    size = (box[2:] - box[:2]).repeat(2)
+    noise = (torch.randn(4, generator=gen).clamp(-2, 2) * jitter * size)
+    box = (box + noise).clamp(0, s)
+    return torch.stack([torch.minimum(box[0], box[2]), torch.minimum(box[1], box[3]),
+                        torch.maximum(box[0], box[2]), torch.maximum(box[1], box[3])])
+
+
+def perturbed_mask(mask: torch.Tensor, gen: torch.Generator, shift: float = 0.1, max_radius: int = 3) -> torch.Tensor:
+    """The object as a neighbouring slice / frame might show it: shifted, dilated or eroded.
+
+    Args:
+        mask: (S, S) bool object.
+        shift: largest shift as a fraction of the object's box side.
+        max_radius: largest dilation / erosion radius in pixels.
+    Returns:
+        (S, S) bool; never empty (an erosion that would erase the object is skipped).
+    """
+    from scipy import ndimage
+
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    side = torch.stack([xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]).float()
+    d = ((torch.rand(2, generator=gen) * 2 - 1) * shift * side).round().long().tolist()
+    m = torch.roll(mask, shifts=(d[1], d[0]), dims=(0, 1)).numpy()
+    r = int(torch.randint(-max_radius, max_radius + 1, (1,), generator=gen))
+    if r > 0:
+        m = ndimage.binary_dilation(m, iterations=r)
+    elif r < 0:
+        eroded = ndimage.binary_erosion(m, iterations=-r)
+        m = eroded if eroded.any() else m
+    out = torch.from_numpy(m)
+    return out if out.any() else mask.clone()
+
+
+def mask_logits_low_res(mask: torch.Tensor, low_res: int, magnitude: float = 8.0) -> torch.Tensor:
+    """(S, S) bool -> (1, L, L) dense-prompt logits: area fraction mapped to [-magnitude, magnitude]."""
+    import torch.nn.functional as F
+
+    frac = F.interpolate(mask[None, None].float(), (low_res, low_res), mode="area")[0]
+    return (frac * 2 - 1) * magnitude
+
+
+def simulate_interactive_prompts(
+    labels: torch.Tensor,
+    per_image: int,
+    gen: torch.Generator,
+    low_res: int,
+    kind_probs: tuple[float, ...] = (0.35, 0.25, 0.2, 0.2),
+    box_jitter: float = 0.1,
+    mask_logit: float = 8.0,
+) -> InteractiveBatch | None:
+    """First prompts of up to ``per_image`` objects per image, one kind drawn per object.
+
+    ``point``: one click, drawn ∝ depth inside the object (:func:`_human_point`); ``box``: the
+    object's box jittered by ``box_jitter`` of its sides (SAM's 10 %); ``point+box``: both;
+    ``propagate``: what :func:`napari_samsp.interactive.propagate_object` sends from the
+    previous slice -- the box (grown by 10 % of sqrt(area), at least 2 px) and low-res logits
+    of a shifted / dilated / eroded copy of the object.
+
+    Args:
+        labels: (B, S, S) int64 instance labels in the input frame.
+        low_res: side L of the decoder's low-res logits (the mask-prompt size).
+    Returns:
+        None when no image has an object.
+    """
+    from ..interactive import mask_box
+
+    b, s, _ = labels.shape
+    probs = torch.tensor(kind_probs, dtype=torch.float64)
+    if len(probs) != len(PROMPT_KINDS) or (probs < 0).any() or probs.sum() <= 0:
+        raise ValueError(f"kind_probs needs {len(PROMPT_KINDS)} non-negative weights for {PROMPT_KINDS}")
+    rows: dict[str, list] = {k: [] for k in ("idx", "tgt", "kind", "box", "hasbox", "pts", "lab", "mask", "hasmask")}
+    for i in range(b):
+        ids = torch.unique(labels[i])
+        ids = ids[ids > 0]
+        if len(ids) == 0:
+            continue
+        for obj in ids[torch.randperm(len(ids), generator=gen)[:per_image]].tolist():
+            m = labels[i] == obj
+            kind = int(torch.multinomial(probs, 1, generator=gen))
+            name = PROMPT_KINDS[kind]
+            box = torch.zeros(4)
+            pts = torch.zeros(1, 2)
+            lab = torch.full((1,), -1, dtype=torch.int64)
+            low = torch.zeros(1, low_res, low_res)
+            if name in ("point", "point+box"):
+                pts[0] = _human_point(m, gen)
+                lab[0] = 1
+            if name in ("box", "point+box"):
+                box = _jitter_box(_box(m), s, gen, box_jitter)
+            if name == "propagate":
+                prev = perturbed_mask(m, gen)
+                area = float(prev.sum())
+                box = torch.from_numpy(mask_box(prev.numpy(), margin=max(2.0, 0.1 * area**0.5))).float()
+                box[2:] += 1  # mask_box gives the last pixel; boxes here end one past it
+                low = mask_logits_low_res(prev, low_res, mask_logit)
+            rows["idx"].append(i)
+            rows["tgt"].append(m.float())
+            rows["kind"].append(kind)
+            rows["box"].append(box)
+            rows["hasbox"].append(name != "point")
+            rows["pts"].append(pts)
+            rows["lab"].append(lab)
+            rows["mask"].append(low)
+            rows["hasmask"].append(name == "propagate")
+    if not rows["idx"]:
+        return None
+    return InteractiveBatch(
+        image_index=torch.tensor(rows["idx"]),
+        targets=torch.stack(rows["tgt"])[:, None],
+        kind=torch.tensor(rows["kind"]),
+        boxes=torch.stack(rows["box"]),
+        has_box=torch.tensor(rows["hasbox"]),
+        point_coords=torch.stack(rows["pts"]),
+        point_labels=torch.stack(rows["lab"]),
+        mask_input=torch.stack(rows["mask"]),
+        has_mask=torch.tensor(rows["hasmask"]),
+    )

@@ -51,6 +51,8 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     mask_in_chans: int = 16
     unet: UNetBranchConfig | None = None
+    # ResNet depth of the paper's SAM-UNet (``sam_unet_paper.py``); None for every other model.
+    resnet: int | None = None
     official: bool = False
     description: str = ""
 
@@ -130,6 +132,24 @@ _MICRO = SamConfig(
     description="test-sized config: 128 px, about 0.3M parameters; for tests and smoke runs only",
 )
 
+
+def _paper(name: str, resnet: int, vit: SamConfig, img_size: int = 256) -> SamConfig:
+    """The paper's SAM-UNet (arXiv 2408.09886): a ResNet branch beside ``vit`` at ``img_size``."""
+    return dataclasses.replace(
+        vit,
+        name=name,
+        img_size=img_size,
+        resnet=resnet,
+        official=False,
+        description=(
+            f"SAM-UNet as published (Hhankyangg/sam-unet): {vit.name} at {img_size} px + ResNet-{resnet}; "
+            "loads the repository's checkpoints strictly (they need --trust); one mask per prompt, no IoU head"
+        ),
+    )
+
+
+_VIT_B = _official("vit_b", 768, 12, 12, (2, 5, 8, 11))
+
 MODEL_CONFIGS: dict[str, SamConfig] = {
     cfg.name: cfg
     for cfg in (
@@ -141,6 +161,8 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
         _MICRO,
         _MICRO.with_unet(UNetBranchConfig(widths=(8, 16, 32)), name="samunet_micro"),
         _official("vit_b", 768, 12, 12, (2, 5, 8, 11)).with_unet(name="samunet_vit_b"),
+        _paper("samunet_paper_r50", 50, _VIT_B),
+        _paper("samunet_paper_r34", 34, _VIT_B),
     )
 }
 
@@ -165,7 +187,7 @@ def describe_models() -> list[tuple[str, str]]:
 
 
 def build_model(config: SamConfig | str) -> SamModel:
-    """Build a randomly initialised model (``SamModel`` or ``SamUNet``) from a config."""
+    """Build a randomly initialised model (``SamModel``, ``SamUNet`` or ``SamUNetPaper``) from a config."""
     cfg = get_config(config) if isinstance(config, str) else config
     grid = cfg.embedding_size
     image_encoder = ImageEncoderViT(
@@ -188,14 +210,19 @@ def build_model(config: SamConfig | str) -> SamModel:
         input_image_size=(cfg.img_size, cfg.img_size),
         mask_in_chans=cfg.mask_in_chans,
     )
+    transformer = TwoWayTransformer(
+        depth=cfg.decoder_depth,
+        embedding_dim=cfg.prompt_embed_dim,
+        mlp_dim=cfg.decoder_mlp_dim,
+        num_heads=cfg.decoder_num_heads,
+    )
+    if cfg.resnet is not None:
+        from .sam_unet_paper import MedMaskDecoder, SamUNetPaper
+
+        return SamUNetPaper(cfg, image_encoder, prompt_encoder, MedMaskDecoder(transformer, cfg.prompt_embed_dim))
     mask_decoder = MaskDecoder(
         num_multimask_outputs=3,
-        transformer=TwoWayTransformer(
-            depth=cfg.decoder_depth,
-            embedding_dim=cfg.prompt_embed_dim,
-            mlp_dim=cfg.decoder_mlp_dim,
-            num_heads=cfg.decoder_num_heads,
-        ),
+        transformer=transformer,
         transformer_dim=cfg.prompt_embed_dim,
         iou_head_depth=3,
         iou_head_hidden_dim=cfg.iou_head_hidden_dim,

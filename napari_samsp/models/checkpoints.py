@@ -11,8 +11,16 @@ Formats:
 
 * official SAM: a flat ``{name: tensor}`` dict (``image_encoder.*``,
   ``prompt_encoder.*``, ``mask_decoder.*``); loaded with a strict key and shape check.
-* SAM-UNet repository: ``{'model': state_dict, 'optimizer': ..., 'epoch': ...}``;
-  loaded non-strictly into a SAM-UNet config, reporting what matched.
+  MedSAM and micro-sam's plain exports are this format too.
+* wrapped SAM state dicts: the same tensors under ``model_state`` (micro-sam,
+  optionally beside ``decoder_state``, its instance-segmentation decoder, which is
+  ignored and reported), ``model``, ``state_dict`` or ``model_state_dict``, with
+  wrapper prefixes (``module.``, ``sam.``, ``model.``, ``_orig_mod.``) stripped;
+  loaded strictly like official SAM.
+* SAM-UNet repository (Hhankyangg/sam-unet): ``{'model': state_dict, 'optimizer': <Adam>}``;
+  recognised by its wrapper prefixes and loaded strictly into the paper's architecture
+  (``sam_unet_paper.py``). Other training checkpoints (``{'model'|'state_dict': ...}``) are
+  loaded non-strictly into a SAM-UNet config of ours, reporting what matched.
 * ours (``samsp-1``): ``.safetensors`` whose metadata holds the model card as JSON
   under ``samsp_card``, plus the same card as a readable ``<stem>.json`` sidecar.
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -45,6 +54,13 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import SamspError, WeightsError
 from ..io import fsync_dir
+from ..transforms import (
+    LEGACY_PREPROCESSING,
+    SAM_PREPROCESSING,
+    check_preprocessing,
+    model_preprocessing,
+    set_model_preprocessing,
+)
 from .build import MODEL_CONFIGS, SamConfig, build_model
 from .lora import LoRALinear, merge_lora
 from .sam_model import SamModel
@@ -88,6 +104,13 @@ _CARD_MODES = ("semantic", "instance", "everything")
 
 # SamSP's default; a card that does not say otherwise describes a model trained with it.
 _DEFAULT_NUM_PASSES = 2
+
+# The three parts of a SAM state dict, and prefixes that training wrappers put in front of them
+# (DataParallel/DDP ``module.``, micro-sam/torch_em ``sam.``, Lightning ``model.``, torch.compile ``_orig_mod.``).
+_SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+_WRAPPER_PREFIXES = ("module.", "sam.", "model.", "_orig_mod.")
+# Keys under which projects wrap a SAM state dict; ``model_state`` is micro-sam's (torch_em's).
+_WRAPPER_KEYS = ("model_state", "model", "state_dict", "model_state_dict")
 
 
 @dataclass
@@ -226,13 +249,18 @@ def _pickle_globals(path: Path) -> list[str]:
     Only used to word the error message: the refusal itself comes from
     ``weights_only=True`` failing.
     """
+    data: bytes | None = None
     if zipfile.is_zipfile(path):
+        getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
         try:
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            if getter is not None:
+                return list(getter(path))
+            with zipfile.ZipFile(path) as archive:  # older torch: scan the archive's data.pkl below
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
         except Exception:  # an unreadable archive: nothing to report
             return []
     found: list[str] = []
-    with open(path, "rb") as f:
+    with io.BytesIO(data) if data is not None else open(path, "rb") as f:
         # Legacy torch.save writes several pickles back to back (magic, protocol,
         # sys info, data, storage keys) before raw storage bytes.
         for _ in range(6):
@@ -280,8 +308,9 @@ def _corrupt(path: Path, exc: BaseException) -> WeightsError:
 def _official_refusal(path: Path, names: list[str]) -> str:
     what = f" ({_short_list(names, 3)})" if names else ""
     return (
-        f"{path}: this file contains pickled Python objects{what}; official SAM checkpoints do not — "
-        "refusing to load (use --trust only for files you trust)"
+        f"{path}: this file contains pickled Python objects{what}; official SAM, MedSAM and micro-sam exports do not "
+        "(training checkpoints with optimizer or config objects do) — refusing to load "
+        "(use --trust only for files you trust)"
     )
 
 
@@ -358,6 +387,65 @@ def _official_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             "state dict; load it with load_samunet_checkpoint or load_model"
         )
     raise WeightsError(f"{path} does not hold a flat dict of tensors as official SAM checkpoints do")
+
+
+def _strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Remove prefixes that every key shares (``module.``, ``sam.``, ...), repeatedly; returns (state, removed)."""
+    out = dict(state)
+    removed = ""
+    while out:
+        pre = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in out)), None)
+        if pre is None:
+            break
+        out = {k[len(pre):]: v for k, v in out.items()}
+        removed += pre
+    return out, removed
+
+
+def _count_tensors(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return 1
+    if isinstance(obj, Mapping):
+        return sum(_count_tensors(v) for v in obj.values())
+    return 0
+
+
+def _sam_state_in(obj: Any) -> tuple[dict[str, torch.Tensor], str, str] | None:
+    """A SAM state dict inside a loaded ``.pth`` object: (state, detected format, what was ignored).
+
+    Recognises flat state dicts (official SAM, MedSAM, micro-sam's plain export),
+    micro-sam's ``{'model_state': ..., 'decoder_state': ...}`` and state dicts
+    wrapped under ``model`` / ``state_dict`` / ``model_state_dict``, with shared
+    wrapper prefixes stripped. Returns None when ``obj`` is something else (a
+    wrapped state dict that is more than SAM, e.g. a SAM-UNet training checkpoint).
+    """
+    if isinstance(obj, torch.nn.Module):  # only reachable with trust: a pickled module
+        obj = obj.state_dict()
+    if _is_flat_state(obj):
+        state, removed = _strip_wrapper_prefixes(obj)
+        fmt = "plain SAM state dict (official SAM / MedSAM / micro-sam export)"
+        return state, fmt + (f", prefix {removed!r} stripped" if removed else ""), ""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in _WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, torch.nn.Module):
+            inner = inner.state_dict()
+        if not _is_flat_state(inner):
+            continue
+        state, removed = _strip_wrapper_prefixes(inner)
+        micro = key == "model_state"
+        if not micro and not all(k.startswith(_SAM_PARTS) for k in state):
+            return None  # more than SAM under 'model': left to the SAM-UNet loader
+        fmt = "micro-sam checkpoint ('model_state'" + (" + 'decoder_state')" if "decoder_state" in obj else ")") if micro \
+            else f"SAM state dict wrapped under {key!r}"
+        others = []
+        for name in (str(k) for k in obj if k != key):
+            n = _count_tensors(obj[name])
+            what = " (micro-sam's instance-segmentation decoder)" if name == "decoder_state" else ""
+            others.append(f"{name}{what}" + (f": {n} tensors" if n else ""))
+        return state, fmt + (f", prefix {removed!r} stripped" if removed else ""), "; ".join(others)
+    return None
 
 
 def _infer_base_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
@@ -498,6 +586,8 @@ def _model_from_training(
 ) -> SamModel:
     """Load a training checkpoint's weights non-strictly, reporting what matched."""
     state = _training_state(obj, path)
+    if _is_samunet_repo_state(state):  # the paper's own layout: its own architecture, strictly
+        return _samunet_repo_model(state, path)
     base = _get_config(config_name)
     native = _native_img_size(state, base)
     config = _with_img_size(base, img_size or native or base.img_size)
@@ -544,7 +634,8 @@ def load_official_sam(
     """
     p = _check_file(path)
     obj = _torch_load(p, trust=False, refusal=_official_refusal)
-    return _model_from_state(_official_state(obj, p), config_name, img_size, p)
+    model = _model_from_state(_official_state(obj, p), config_name, img_size, p)
+    return set_model_preprocessing(model, SAM_PREPROCESSING)
 
 
 def load_samunet_checkpoint(
@@ -557,25 +648,172 @@ def load_samunet_checkpoint(
 
     The weights are read with ``weights_only=True`` first; files that also pickle
     Python objects (optimizer, ``argparse.Namespace``) need ``trust=True``.
-    Loading is non-strict: keys that fit are loaded, the rest is reported with
+    A checkpoint of the paper's repository (``image_encoder.sam_img_encoder.*`` ...) is
+    rebuilt as :class:`~napari_samsp.models.sam_unet_paper.SamUNetPaper` and loaded
+    strictly (``config_name`` and ``img_size`` are then read from the file). Other
+    files load non-strictly: keys that fit are loaded, the rest is reported with
     ``warnings.warn``; ``module.`` prefixes (DataParallel) are stripped.
     """
     p = _check_file(path)
     obj = _torch_load(p, trust=trust, refusal=_samunet_refusal)
-    return _model_from_training(obj, config_name, img_size, p)
+    return set_model_preprocessing(_model_from_training(obj, config_name, img_size, p), SAM_PREPROCESSING)
+
+
+# --------------------------------------------------------------------------- SAM-UNet repository (the paper's code)
+
+_SAMUNET_REPO_MARKERS = ("image_encoder.sam_img_encoder.", "mask_decoder.med_token.", "adapters_in.")
+
+
+def _is_samunet_repo_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """True for the state dict of the paper repository's ``SAM_UNET`` (Hhankyangg/sam-unet)."""
+    return any(k.startswith(_SAMUNET_REPO_MARKERS) for k in state)
+
+
+def _samunet_repo_resnet(state: Mapping[str, torch.Tensor], path: Path) -> int:
+    """ResNet depth of a repository checkpoint, from its stage layout and block type."""
+    from .sam_unet_paper import RESNETS
+
+    blocks = tuple(len({k.split(".")[2] for k in state if k.startswith(f"resnet.stage{i}.")}) for i in range(1, 5))
+    bottleneck = "resnet.stage1.0.conv3.weight" in state
+    for depth, (_, layout, is_bottleneck) in RESNETS.items():
+        if layout == blocks and is_bottleneck == bottleneck:
+            return depth
+    kind = "bottleneck" if bottleneck else "basic"
+    raise WeightsError(
+        f"{path}: SAM-UNet repository checkpoint with an unknown ResNet branch ({kind} blocks per stage {list(blocks)}); "
+        f"known: ResNet-{', ResNet-'.join(map(str, RESNETS))}"
+    )
+
+
+def _samunet_repo_config(state: Mapping[str, torch.Tensor], depth: int, path: Path) -> SamConfig:
+    """The config of a repository state dict, read from tensor shapes.
+
+    The repository builds vit_b at 256 px (``samunet_paper_r34`` / ``_r50``); other
+    ViT sizes are read from the patch embedding (width, patch), the positional grid
+    (input size), the relative-position tables (head width; global blocks have
+    ``2 * grid - 1`` rows, windowed ones ``2 * window - 1``) and the decoder's layers.
+    """
+    vit = "image_encoder.sam_img_encoder."
+    w = state.get(vit + "patch_embed.proj.weight")
+    pos = state.get(vit + "pos_embed")
+    rel = state.get(vit + "blocks.0.attn.rel_pos_h")
+    neck = state.get(vit + "neck.0.weight")
+    if w is None or w.ndim != 4 or pos is None or pos.ndim != 4 or rel is None or rel.ndim != 2 or neck is None:
+        raise WeightsError(
+            f"{path}: SAM-UNet repository checkpoint (ResNet-{depth}) without a readable ViT "
+            f"(needs {vit}patch_embed.proj.weight, pos_embed, blocks.0.attn.rel_pos_h and neck.0.weight)"
+        )
+    dim, patch, grid = int(w.shape[0]), int(w.shape[-1]), int(pos.shape[1])
+    rows = {
+        int(k.split(".")[3]): int(v.shape[0])
+        for k, v in state.items()
+        if k.startswith(vit + "blocks.") and k.endswith(".attn.rel_pos_h")
+    }
+    global_idx = tuple(i for i in sorted(rows) if rows[i] == 2 * grid - 1)
+    windowed = {rows[i] for i in rows if i not in global_idx}
+    base = MODEL_CONFIGS[f"samunet_paper_r{depth}" if depth in (34, 50) else "samunet_paper_r50"]
+    decoder = "mask_decoder.sam_mask_decoder.transformer.layers."
+    lin1 = state.get(decoder + "0.mlp.lin1.weight")
+    down = state.get("prompt_encoder.sam_prompt_encoder.mask_downscaling.0.weight")
+    config = dataclasses.replace(
+        base,
+        name=f"samunet_paper_r{depth}",
+        img_size=grid * patch,
+        patch_size=patch,
+        encoder_embed_dim=dim,
+        encoder_depth=len(rows),
+        encoder_num_heads=max(1, dim // int(rel.shape[1])),
+        encoder_global_attn_indexes=global_idx,
+        window_size=(min(windowed) + 1) // 2 if windowed else base.window_size,
+        prompt_embed_dim=int(neck.shape[0]),
+        decoder_depth=len({k[len(decoder):].split(".")[0] for k in state if k.startswith(decoder)}),
+        decoder_mlp_dim=int(lin1.shape[0]) if lin1 is not None else base.decoder_mlp_dim,
+        mask_in_chans=4 * int(down.shape[0]) if down is not None else base.mask_in_chans,
+        resnet=depth,
+    )
+    if config != dataclasses.replace(base, name=config.name, resnet=depth):
+        config = dataclasses.replace(
+            config, name=f"samunet_paper_r{depth}_d{dim}x{len(rows)}_{config.img_size}px",
+            description=f"SAM-UNet as published, custom size: ViT {dim}x{len(rows)} at {config.img_size} px + ResNet-{depth}",
+        )
+    if len(global_idx) != 4:
+        raise WeightsError(
+            f"{path}: SAM-UNet repository checkpoint (ResNet-{depth}) has {len(global_idx)} global-attention blocks "
+            f"({list(global_idx)}); the architecture needs 4, one per ResNet stage"
+        )
+    return config
+
+
+def _samunet_repo_model(state: Mapping[str, torch.Tensor], path: Path) -> SamModel:
+    """Build the paper's SAM-UNet for a repository state dict and load it strictly.
+
+    The ResNet depth (34 or 50, also 18/101) and the ViT come from tensor shapes
+    (:func:`_samunet_repo_config`). Every tensor must be used: missing, unexpected
+    and mis-shaped keys are listed by their names in the file.
+    """
+    from .sam_unet_paper import repo_key_to_ours
+
+    depth = _samunet_repo_resnet(state, path)
+    config = _samunet_repo_config(state, depth, path)
+    try:
+        model = build_model(config)
+    except (ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path}: cannot build {config.name!r} for this SAM-UNet checkpoint: {_one_line(str(exc))}") from None
+    expected = model.state_dict()
+    theirs = {repo_key_to_ours(k): k for k in state}
+    mapped = {ours: state[k] for ours, k in theirs.items()}
+    missing, unexpected, mismatched = _compare(expected, mapped)
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            shown = [f"{theirs[k]} file {list(a)} vs model {list(b)}" for k, a, b in mismatched]
+            parts.append(f"{len(mismatched)} mis-shaped keys ({_short_list(shown, 3)})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (our names: {_short_list(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_short_list([theirs[k] for k in unexpected])})")
+        raise WeightsError(
+            f"{path}: SAM-UNet repository checkpoint (detected ResNet-{depth}, ViT width {config.encoder_embed_dim}, "
+            f"{config.img_size} px) does not fit {config.name!r}: " + "; ".join(parts)
+        )
+    model.load_state_dict(mapped, strict=True)
+    return model.eval()
+
+
+def _loaded_samunet_repo(state: Mapping[str, torch.Tensor], path: Path) -> LoadedModel:
+    """:func:`_samunet_repo_model` with a card that records origin and preprocessing."""
+    from .sam_unet_paper import PREPROCESSING
+
+    model = _samunet_repo_model(state, path)
+    model_id = _file_digest(path)
+    created = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    card = make_card(
+        model.config,
+        {
+            "version": model_id,
+            "created": created,
+            "origin": f"SAM-UNet repository checkpoint (Hhankyangg/sam-unet), ResNet-{model.config.resnet}",
+            "preprocessing": PREPROCESSING,
+            "num_passes": 1,
+        },
+    )
+    return LoadedModel(model, card, model_id, str(path), False)
 
 
 def make_card(config: SamConfig, card: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A complete ``samsp-1`` model card: ``card``'s fields, defaults for the rest.
 
     ``format``, ``config`` and ``input_size`` always describe ``config``; unknown
-    keys are kept. The result is JSON-normalised (tuples become lists), so it
+    keys are kept. ``preprocessing`` (``"sam"`` or ``"samsp-v1"``, see
+    ``napari_samsp.transforms``) defaults to the legacy ``"samsp-v1"``, which every
+    card written before the field existed describes. The result is JSON-normalised (tuples become lists), so it
     compares equal to what :func:`read_card` returns.
     """
     given = dict(card or {})
     mode = given.get("mode", "semantic")
     if mode not in _CARD_MODES:
         raise ValueError(f"card mode must be one of {_CARD_MODES}, got {mode!r}")
+    preprocessing = check_preprocessing(given.get("preprocessing") or LEGACY_PREPROCESSING)
     training_data = list(given.get("training_data") or [])
     for entry in training_data:
         if not isinstance(entry, Mapping) or "name" not in entry or "count" not in entry:
@@ -593,6 +831,7 @@ def make_card(config: SamConfig, card: Mapping[str, Any] | None = None) -> dict[
         "created": given.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": mode,
         "num_passes": int(given.get("num_passes") or _DEFAULT_NUM_PASSES),
+        "preprocessing": preprocessing,
     }
     try:
         return json.loads(json.dumps(out))
@@ -626,13 +865,22 @@ def save_model(model: SamModel, path: str | os.PathLike[str], card: Mapping[str,
     model is never modified. Both files are written to temporary files beside the
     target, fsynced and renamed into place: a failure leaves any previous file intact.
 
+    The card's ``preprocessing`` is the model's own (``transforms.model_preprocessing``,
+    set by the loader from the parent's card), so a fine-tuned child inherits it.
+
     Raises:
         WeightsError: the path does not end in ``.safetensors``, or writing failed.
+        ValueError: the card names a preprocessing other than the model's.
     """
     target = Path(path).expanduser()
     if target.suffix != ".safetensors":
         raise WeightsError(f"model files must end in .safetensors, got {target}")
-    full_card = make_card(model.config, card)
+    prep = model_preprocessing(model)
+    if card.get("preprocessing") not in (None, prep):
+        raise ValueError(
+            f"the card says preprocessing {card.get('preprocessing')!r} but the model was prepared with {prep!r}"
+        )
+    full_card = make_card(model.config, {**card, "preprocessing": prep})
     to_save = model
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         to_save = copy.deepcopy(model)
@@ -718,6 +966,10 @@ def load_safetensors_model(path: str | os.PathLike[str]) -> tuple[SamModel, dict
     if missing or unexpected or mismatched:
         raise WeightsError(_describe_misfit(p, config, missing, unexpected, mismatched, state))
     model.load_state_dict(state, strict=True)
+    try:
+        set_model_preprocessing(model, card.get("preprocessing") or LEGACY_PREPROCESSING)
+    except ValueError as exc:
+        raise WeightsError(f"{p}: the model card's {exc}") from None
     return model.eval(), card
 
 
@@ -741,11 +993,23 @@ def _load_path(path: Path, trust: bool) -> LoadedModel:
         model_id = str(card.get("version") or _file_digest(p))
         return LoadedModel(model, card, model_id, str(p), bool(card.get("random", False)))
     obj = _torch_load(p, trust=trust, refusal=_official_refusal)
-    if _is_flat_state(obj):
-        model = _model_from_state(dict(obj), None, None, p)
-        origin = "official SAM checkpoint"
+    extra: dict[str, Any] = {}
+    found = _sam_state_in(obj)
+    if found is not None:
+        state, origin, ignored = found
+        try:
+            model = _model_from_state(state, None, None, p)
+        except WeightsError as exc:
+            raise WeightsError(f"{origin}: {exc}") from None
+        if ignored:
+            extra["ignored"] = ignored
+            report = f"{p}: loaded the SAM part of a {origin}; ignored {ignored}"
+            logger.info(report)
+            warnings.warn(report, stacklevel=3)
     else:
         state = _training_state(obj, p)
+        if _is_samunet_repo_state(state):
+            return _loaded_samunet_repo(state, p)
         try:
             base = _infer_base_config(state).name
         except WeightsError:
@@ -755,8 +1019,14 @@ def _load_path(path: Path, trust: bool) -> LoadedModel:
         origin = "SAM-UNet training checkpoint"
     model_id = _file_digest(p)
     created = datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
-    # Foreign weights were not trained to self-prompt: their automatic mode is the point grid.
-    card = make_card(model.config, {"version": model_id, "origin": origin, "created": created, "mode": "everything"})
+    # Foreign weights were trained with upstream SAM's preprocessing, and not to self-prompt:
+    # their automatic mode is the point grid (everything).
+    set_model_preprocessing(model, SAM_PREPROCESSING)
+    card = make_card(
+        model.config,
+        {"version": model_id, "origin": origin, "created": created, "preprocessing": SAM_PREPROCESSING,
+         "mode": "everything", **extra},
+    )
     return LoadedModel(model, card, model_id, str(p), False)
 
 

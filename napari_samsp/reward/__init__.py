@@ -8,7 +8,6 @@
 """
 
 from .calibration import (
-    IsotonicRegression,
     RewardCalibrator,
     RewardConfig,
     calibration_quality,
@@ -22,7 +21,6 @@ from .ranking import ImageScore, fit_calibrator, rank_images, rank_paths, score_
 __all__ = [
     "CandidateSet",
     "ImageScore",
-    "IsotonicRegression",
     "RewardCalibrator",
     "RewardConfig",
     "calibration_quality",

@@ -15,7 +15,7 @@ embedding similarity). Like CSR (Calibrated Self-Rewarding), they are combined o
   other images are scored with it.
 
 :class:`RewardCalibrator` maps that absolute reward to an expected Dice with an
-isotonic (monotone, pool-adjacent-violators) regression fitted on images whose
+isotonic (monotone) regression (scikit-learn's ``IsotonicRegression``) fitted on images whose
 corrected masks are known (the annotation store): for each, the Dice of the
 model's automatic mask against the corrected mask. With fewer than
 ``min_samples`` such images it falls back to a prior, ``2 s / (1 + s)`` of the
@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy.stats import rankdata, spearmanr
+from sklearn.isotonic import IsotonicRegression
 
 LAMBDA_GRID = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 __all__ = [
     "LAMBDA_GRID",
-    "IsotonicRegression",
     "RewardCalibrator",
     "RewardConfig",
     "calibration_quality",
@@ -83,45 +83,6 @@ def rank01(values: np.ndarray) -> np.ndarray:
 def pool_reward(self_scores: np.ndarray, evidence_scores: np.ndarray, lam: float = 0.9) -> np.ndarray:
     """CSR's rank combination within one candidate pool: ``(1 - lam) * rank(self) + lam * rank(evidence)``."""
     return (1.0 - lam) * rank01(self_scores) + lam * rank01(evidence_scores)
-
-
-class IsotonicRegression:
-    """Non-decreasing least-squares fit (pool-adjacent-violators); prediction interpolates, clamped at the ends."""
-
-    def __init__(self) -> None:
-        self.x_: np.ndarray | None = None
-        self.y_: np.ndarray | None = None
-
-    def fit(self, x, y, weight=None) -> "IsotonicRegression":
-        x = np.asarray(x, np.float64).ravel()
-        y = np.asarray(y, np.float64).ravel()
-        w = np.ones_like(x) if weight is None else np.asarray(weight, np.float64).ravel()
-        if x.size == 0:
-            raise ValueError("isotonic regression needs at least one sample")
-        ux, inv = np.unique(x, return_inverse=True)  # ties in x share one value
-        sw = np.bincount(inv, w)
-        sy = np.bincount(inv, w * y) / sw
-        vals, wts, xs = [], [], []  # blocks: value, weight, x of the first member
-        for xi, yi, wi in zip(ux, sy, sw):
-            vals.append(yi)
-            wts.append(wi)
-            xs.append([xi])
-            while len(vals) > 1 and vals[-2] > vals[-1]:
-                v2, w2, x2 = vals.pop(), wts.pop(), xs.pop()
-                vals[-1] = (vals[-1] * wts[-1] + v2 * w2) / (wts[-1] + w2)
-                wts[-1] += w2
-                xs[-1] += x2
-        kx, ky = [], []
-        for v, members in zip(vals, xs):  # a step: both ends of each block
-            kx += [members[0], members[-1]] if len(members) > 1 else [members[0]]
-            ky += [v, v] if len(members) > 1 else [v]
-        self.x_, self.y_ = np.asarray(kx), np.asarray(ky)
-        return self
-
-    def predict(self, x) -> np.ndarray:
-        if self.x_ is None:
-            raise RuntimeError("fit first")
-        return np.interp(np.asarray(x, np.float64), self.x_, self.y_)
 
 
 def _cdf(sorted_ref: np.ndarray, values) -> np.ndarray:
@@ -202,8 +163,9 @@ class RewardCalibrator:
                 if best is None or key > best[0]:
                     best = (key, float(lam))
             self.config = replace(self.config, lam=best[1])
-        iso = IsotonicRegression().fit(self.absolute(s, e), d)
-        self.knots_x, self.knots_y = iso.x_, iso.y_
+        # scikit-learn's pool-adjacent-violators; its thresholds are the knots we store and interpolate
+        iso = IsotonicRegression(out_of_bounds="clip").fit(self.absolute(s, e), d)
+        self.knots_x, self.knots_y = iso.X_thresholds_, iso.y_thresholds_
         self.message = f"calibrated on {s.size} corrected masks (lambda {self.config.lam:g})"
         return self
 

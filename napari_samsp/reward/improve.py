@@ -44,6 +44,7 @@ from ..models.checkpoints import LoadedModel
 from ..models.sam_model import ImageFeatures, SamModel
 from ..models.sam_sp import SamSP
 from ..predictor import EmbeddingCache, Predictor
+from ..transforms import model_preprocessing
 from .calibration import RewardCalibrator, RewardConfig
 from .candidates import prepare_image
 from .ranking import fit_calibrator, score_image
@@ -226,18 +227,18 @@ def self_improve(
     train_ex, store_val, _ = load_training_data(store_dirs, max_side=cfg.max_side)
     val_ex = list(val_examples) if val_examples else store_val
     num_passes = int(base.card.get("num_passes", 2))
-    device = next(base.model.parameters()).device
     model = copy.deepcopy(base.model).eval()
     configure_trainable(model, cfg.trainable)
     for p in model.parameters():
         p.requires_grad_(False)
     images = _load_unlabeled(unlabeled, cfg.max_side)
     s = model.img_size
+    prep = model_preprocessing(model)
     cache = EmbeddingCache(None, max_memory_entries=len(images) + 8)
     cache_id = f"{base.model_id}:improve-frozen-encoder"
     human: list[_Item] = []
     for ex in train_ex:
-        smp = prepare_sample(ex, s)
+        smp = prepare_sample(ex, s, preprocessing=prep)
         human.append(_Item(_encode(model, smp.image), smp.labels, smp.valid))
     unl_feats: dict[int, tuple[ImageFeatures, torch.Tensor]] = {}
     base_val = best_val = _validate(model, val_ex, num_passes)
@@ -265,8 +266,8 @@ def self_improve(
                 progress(f"round {r}: scoring", i + 1, len(images))
             if conf < cfg.min_confidence:
                 continue
-            chosen = prepare_sample(Example(rgb, cands.masks[ci].astype(np.int32), "unlabeled", str(i)), s)
-            rejected = prepare_sample(Example(rgb, cands.masks[ri].astype(np.int32), "unlabeled", str(i)), s)
+            chosen = prepare_sample(Example(rgb, cands.masks[ci].astype(np.int32), "unlabeled", str(i)), s, preprocessing=prep)
+            rejected = prepare_sample(Example(rgb, cands.masks[ri].astype(np.int32), "unlabeled", str(i)), s, preprocessing=prep)
             if i not in unl_feats:
                 unl_feats[i] = (_encode(model, chosen.image), chosen.valid)
             feats, valid = unl_feats[i]
