@@ -380,8 +380,11 @@ def test_options_are_checked():
 # --------------------------------------------------------------------------- which mode, CLI
 
 
-def test_the_card_decides_the_mode(vit_b_file):
+def test_the_card_decides_the_mode(vit_b_file, micro_model, tmp_path):
     assert auto_mode(load_model(vit_b_file, device="cpu").card) == "everything"  # foreign weights: the loader says so
+    wrapped = tmp_path / "micro_sam_like.pt"  # a SAM state dict wrapped as micro-sam saves its models
+    torch.save({"model_state": micro_model.state_dict()}, wrapped)
+    assert auto_mode(load_model(wrapped, device="cpu").card) == "everything"
     default = load_model(None, device="cpu")
     assert auto_mode(default.card) == default.card["mode"] in ("semantic", "instance")
     assert auto_mode(None) == "semantic" and auto_mode({"mode": "bogus"}) == "semantic"
