@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny budget (micro official model, few images and steps): the CPU dry run")
-    ap.add_argument("--pack", type=Path, default=REPO / "datapack" / "samsp_pack.npz")
+    ap.add_argument("--pack", type=Path, default=REPO / "datapack" / "pack.npz")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "out" / "gpu_check")))
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores; the test uses 1)")
     args = ap.parse_args(argv)

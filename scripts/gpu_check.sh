@@ -3,7 +3,8 @@
 # segment-anything, no network, no ../shared). Writes gpu_check.json / gpu_check.md (and the log) to $OUT.
 #
 # Prepare once, here, in the repository root (both folders are git-ignored and travel with `carry`):
-#   SAMSP_DATA=/path/to/datasets python scripts/pack_data.py        # -> datapack/samsp_pack.npz (about 2 MB)
+#   SAMSP_DATA=/path/to/datasets python scripts/pack_data.py        # -> datapack/pack.npz (about 2 MB; the
+#                                                                    # format training/gpu_train.py reads too)
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl segment-anything==1.0

@@ -1,14 +1,15 @@
-"""Pack a few resized images + masks of the public pools into one compressed npz, for machines without ../shared.
+"""Pack resized images + masks of the public pools into one compressed npz, for machines without ../shared.
 
-    python scripts/pack_data.py                       # $SAMSP_DATA -> datapack/samsp_pack.npz
-    python scripts/pack_data.py --per-split 8 4 --max-side 256 --out datapack/samsp_pack.npz
+    python scripts/pack_data.py                                  # $SAMSP_DATA -> datapack/pack.npz (8 + 4 per set)
+    python scripts/pack_data.py --per-split all all --size 256    # every pair (the GPU training recipe)
 
-``datapack/`` is git-ignored (third-party images are never committed); the device
-tool carries it (``carry: ["datapack", ".whl"]``). Keys are
-``<dataset>__<split>__<stem>__image`` (uint8, (H, W) or (H, W, 3)) and
-``...__mask`` (uint16 instance labels or uint8 0/255), resized so the longest
-side is at most ``--max-side`` (images bilinear, masks nearest). No pickles:
-read it with ``np.load(path, allow_pickle=False)`` or :func:`unpack`.
+The format is the one ``training/gpu_train.py`` documents and reads (written with its
+``write_pack``): ``images`` uint8 (N, S, S, 3), ``masks`` uint16 (N, S, S) instance labels
+(binary sets use 1), ``domains``, ``split`` and ``stems``. Each pair is resized so its
+longest side is S (images bilinear, masks nearest) and zero-padded at the bottom/right.
+No pickles. ``datapack/`` is git-ignored (third-party images are never committed); the
+device tool carries it (``carry: ["datapack", ".whl"]``). :func:`unpack` writes a pack
+back as data folders in the project's layout (what ``samsp finetune --data`` reads).
 """
 
 from __future__ import annotations
@@ -16,25 +17,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("dsb2018_nuclei", "hc18_fetal_head_us", "polypgen_polyps")
-SEP = "__"
 
 
-def _resize(arr: np.ndarray, max_side: int, nearest: bool) -> np.ndarray:
+def _resize_pad(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    """Longest side -> ``size`` (PIL bilinear; nearest on int32 for labels), zero-padded to (size, size)."""
     from PIL import Image
 
     h, w = arr.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return arr
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if nearest:  # labels: PIL nearest on 32-bit ints keeps every id
-        return np.asarray(Image.fromarray(arr.astype(np.int32)).resize(size, Image.NEAREST)).astype(arr.dtype)
-    return np.asarray(Image.fromarray(arr).resize(size, Image.BILINEAR))
+    scale = size / max(h, w)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if nearest:
+        out = np.asarray(Image.fromarray(arr.astype(np.int32)).resize(new, Image.NEAREST)).astype(arr.dtype)
+    else:
+        out = np.asarray(Image.fromarray(arr).resize(new, Image.BILINEAR))
+    pad = [(0, size - out.shape[0]), (0, size - out.shape[1])] + [(0, 0)] * (out.ndim - 2)
+    return np.pad(out, pad)
 
 
 def _stems(folder: Path) -> dict[str, list[str]]:
@@ -48,64 +52,62 @@ def _stems(folder: Path) -> dict[str, list[str]]:
     return {"train": images[:cut], "val": images[cut:]}
 
 
-def pack(root: Path, out: Path, per_split: tuple[int, int] = (8, 4), max_side: int = 256,
+def pack(root: Path, out: Path, per_split: tuple[int | None, int | None] = (8, 4), size: int = 256,
          datasets: tuple[str, ...] = DATASETS) -> dict[str, int]:
-    """Write the pack atomically; returns the number of pairs per dataset."""
+    """Write the pack atomically (``per_split`` None: every pair of that split); returns pairs per dataset."""
+    sys.path.insert(0, str(REPO / "training"))
+    from gpu_train import write_pack
+
     from napari_samsp.io import read_image
     from napari_samsp.metrics import read_mask
+    from napari_samsp.transforms import to_rgb_uint8
 
-    arrays: dict[str, np.ndarray] = {}
+    images, masks, domains, splits, stems = [], [], [], [], []
     counts: dict[str, int] = {}
     for name in datasets:
         folder = root / name
         if not (folder / "images").is_dir():
             raise SystemExit(f"pack_data: no {folder}/images (set SAMSP_DATA to the folder holding {', '.join(datasets)})")
-        splits = _stems(folder)
+        files = {p.stem: p for p in (folder / "images").iterdir() if p.is_file()}
         counts[name] = 0
         for split, n in zip(("train", "val"), per_split):
-            stems = splits[split]
-            # evenly spaced over the split, deterministic
-            pick = [stems[i] for i in np.linspace(0, len(stems) - 1, min(n, len(stems))).round().astype(int)] if stems else []
-            for stem in dict.fromkeys(pick):
-                img_path = next(p for p in (folder / "images").iterdir() if p.stem == stem)
+            have = _stems(folder)[split]
+            if n is not None and have:  # evenly spaced over the split, deterministic
+                have = [have[i] for i in np.linspace(0, len(have) - 1, min(n, len(have))).round().astype(int)]
+            for stem in dict.fromkeys(have):
                 mask_path = folder / "masks" / f"{stem}.png"
-                if not mask_path.is_file():
+                if stem not in files or not mask_path.is_file():
                     continue
-                img = read_image(img_path)
-                if img.dtype != np.uint8:
-                    from napari_samsp.transforms import to_rgb_uint8
-
-                    img = to_rgb_uint8(img)
                 mask = read_mask(mask_path)
-                mask = mask.astype(np.uint16) if mask.max() > 255 or np.unique(mask).size > 2 else ((mask > 0) * 255).astype(np.uint8)
-                key = SEP.join((name, split, stem))
-                arrays[f"{key}{SEP}image"] = _resize(img, max_side, nearest=False)
-                arrays[f"{key}{SEP}mask"] = _resize(mask, max_side, nearest=True)
+                lab = mask.astype(np.uint16) if np.unique(mask).size > 2 else (mask > 0).astype(np.uint16)
+                images.append(_resize_pad(to_rgb_uint8(read_image(files[stem])), size, nearest=False))
+                masks.append(_resize_pad(lab, size, nearest=True))
+                domains.append(name)
+                splits.append(split)
+                stems.append(stem)
                 counts[name] += 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, out)
+    write_pack(out, np.stack(images), np.stack(masks), domains, splits, stems)
     return counts
 
 
 def unpack(pack_path: Path, dest: Path) -> dict[str, Path]:
-    """Write the pack as data folders in the project's layout (``images/``, ``masks/``, ``splits.json``)."""
+    """Write a pack as data folders in the project's layout (``images/``, ``masks/``, ``splits.json``) per domain."""
     from PIL import Image
 
     dirs: dict[str, Path] = {}
     splits: dict[str, dict[str, list[str]]] = {}
-    with np.load(pack_path, allow_pickle=False) as data:
-        for key in data.files:
-            name, split, stem, kind = key.split(SEP)
-            folder = dirs.setdefault(name, dest / name)
-            (folder / "images").mkdir(parents=True, exist_ok=True)
-            (folder / "masks").mkdir(parents=True, exist_ok=True)
-            if kind == "image":
-                Image.fromarray(data[key]).save(folder / "images" / f"{stem}.png")
-                splits.setdefault(name, {"train": [], "val": []})[split].append(stem)
-            else:
-                Image.fromarray(data[key]).save(folder / "masks" / f"{stem}.png")
+    with np.load(pack_path, allow_pickle=False) as z:
+        images, masks, domains = z["images"], z["masks"], z["domains"].astype(str)
+        n = len(images)
+        split = z["split"].astype(str) if "split" in z.files else np.full(n, "train")
+        stems = z["stems"].astype(str) if "stems" in z.files else np.array([f"{i:05d}" for i in range(n)])
+    for i in range(n):
+        folder = dirs.setdefault(domains[i], dest / domains[i])
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(folder / "images" / f"{stems[i]}.png")
+        Image.fromarray(masks[i]).save(folder / "masks" / f"{stems[i]}.png")
+        splits.setdefault(domains[i], {"train": [], "val": []})[split[i]].append(str(stems[i]))
     for name, sp in splits.items():
         (dirs[name] / "splits.json").write_text(json.dumps(sp))
     return dirs
@@ -113,12 +115,13 @@ def unpack(pack_path: Path, dest: Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("SAMSP_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")))
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "datapack" / "samsp_pack.npz")
-    ap.add_argument("--per-split", type=int, nargs=2, default=(8, 4), metavar=("TRAIN", "VAL"))
-    ap.add_argument("--max-side", type=int, default=256)
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("SAMSP_DATA", REPO / ".." / "shared" / "datasets")))
+    ap.add_argument("--out", type=Path, default=REPO / "datapack" / "pack.npz")
+    ap.add_argument("--per-split", nargs=2, default=("8", "4"), metavar=("TRAIN", "VAL"), help="pairs per split, or 'all'")
+    ap.add_argument("--size", type=int, default=256, help="side S of the packed squares")
     args = ap.parse_args(argv)
-    counts = pack(args.data, args.out, tuple(args.per_split), args.max_side)
+    per = tuple(None if v == "all" else int(v) for v in args.per_split)
+    counts = pack(args.data, args.out, per, args.size)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

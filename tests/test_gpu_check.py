@@ -49,28 +49,33 @@ def fake_pools(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory) -> Path:
     root = fake_pools(tmp_path_factory.mktemp("pools"))
-    out = tmp_path_factory.mktemp("pack") / "samsp_pack.npz"
-    counts = pack_data.pack(root, out, per_split=(2, 1), max_side=128)
+    out = tmp_path_factory.mktemp("pack") / "pack.npz"
+    counts = pack_data.pack(root, out, per_split=(2, 1), size=128)
     assert counts == {name: 3 for name in pack_data.DATASETS}
     return out
 
 
 def test_pack_round_trip(pack, tmp_path):
-    with np.load(pack, allow_pickle=False) as data:  # no pickles in the pack
-        keys = sorted(data.files)
-        dsb = [k for k in keys if k.startswith("dsb2018_nuclei__")]
-        assert {k.split("__")[1] for k in dsb} == {"train", "val"}
-        img, mask = data["dsb2018_nuclei__val__dsb3__image"], data["dsb2018_nuclei__val__dsb3__mask"]
-        assert img.dtype == np.uint8 and img.shape == (128, 119, 3)  # 300 x 280 -> longest side 128
-        assert mask.dtype == np.uint16 and mask.shape == (128, 119) and np.unique(mask).size > 3  # ids kept
-        polyp = data[next(k for k in keys if k.startswith("polypgen_polyps") and k.endswith("mask"))]
-        assert polyp.dtype == np.uint8 and set(np.unique(polyp)) <= {0, 255}
+    sys.path.insert(0, str(REPO / "training"))
+    from gpu_train import read_pack
+
+    with np.load(pack, allow_pickle=False) as z:  # no pickles in the pack
+        images, masks, domains, split, stems = (z[k] for k in ("images", "masks", "domains", "split", "stems"))
+    assert images.dtype == np.uint8 and images.shape == (9, 128, 128, 3) and masks.shape == (9, 128, 128)
+    i = int(np.flatnonzero(stems == "dsb3")[0])
+    assert domains[i] == "dsb2018_nuclei" and split[i] == "val"
+    # 300 x 280 -> 128 x 119, zero-padded on the right; instance ids kept (nearest)
+    assert not images[i, :, 119:].any() and images[i, :, :119].any() and np.unique(masks[i]).size > 3
+    j = int(np.flatnonzero(domains == "polypgen_polyps")[0])
+    assert set(np.unique(masks[j])) <= {0, 1}  # binary sets use 1
+    train_ex, val_ex = read_pack(pack)  # the GPU training recipe reads the same pack
+    assert len(train_ex) == 6 and len(val_ex) == 3
     dirs = pack_data.unpack(pack, tmp_path / "data")
     assert set(dirs) == set(pack_data.DATASETS)
     splits = json.loads((dirs["dsb2018_nuclei"] / "splits.json").read_text())
     assert splits == {"train": ["dsb0", "dsb2"], "val": ["dsb3"]}  # evenly spaced over the split
     back = np.asarray(Image.open(dirs["dsb2018_nuclei"] / "masks" / "dsb3.png"))
-    np.testing.assert_array_equal(back, mask)
+    np.testing.assert_array_equal(back, masks[i])
 
 
 def test_gpu_check_dry_run_on_cpu(pack, tmp_path):
