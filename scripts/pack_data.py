@@ -102,12 +102,13 @@ def unpack(pack_path: Path, dest: Path) -> dict[str, Path]:
         split = z["split"].astype(str) if "split" in z.files else np.full(n, "train")
         stems = z["stems"].astype(str) if "stems" in z.files else np.array([f"{i:05d}" for i in range(n)])
     for i in range(n):
-        folder = dirs.setdefault(domains[i], dest / domains[i])
+        name = str(domains[i])
+        folder = dirs.setdefault(name, dest / name)
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "masks").mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i]).save(folder / "images" / f"{stems[i]}.png")
         Image.fromarray(masks[i]).save(folder / "masks" / f"{stems[i]}.png")
-        splits.setdefault(domains[i], {"train": [], "val": []})[split[i]].append(str(stems[i]))
+        splits.setdefault(name, {"train": [], "val": []})[str(split[i])].append(str(stems[i]))
     for name, sp in splits.items():
         (dirs[name] / "splits.json").write_text(json.dumps(sp))
     return dirs
