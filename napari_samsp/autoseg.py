@@ -34,7 +34,10 @@ from .transforms import split_planes, to_rgb_uint8
 __all__ = [
     "AutoSegResult",
     "SegmentationCancelled",
+    "auto_mode",
+    "card_segment_options",
     "default_tiling",
+    "finetuned_mode",
     "segment",
     "segment_image",
     "segment_stack",
@@ -43,6 +46,9 @@ __all__ = [
 ]
 
 MODES = ("semantic", "instance")
+# Every automatic mode: the self-prompting ones above, and "everything" (a point grid,
+# napari_samsp.everything) for weights that were never trained to self-prompt.
+AUTO_MODES = (*MODES, "everything")
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 
@@ -249,14 +255,44 @@ def _refine_instances(
     return owner, obj_scores
 
 
-def card_segment_options(card: dict | None) -> dict:
-    """Keyword arguments for :func:`segment` that a model card fixes for its model.
+def auto_mode(card: dict | None) -> str:
+    """The automatic mode a model card asks for: one of :data:`AUTO_MODES`.
 
-    ``num_passes``: the self-prompting passes the model was trained with.
+    Our self-prompting models carry "semantic" or "instance"; the loader writes
+    "everything" into the card of weights never trained to self-prompt (official
+    SAM, MedSAM, micro-sam, ...). A card without a valid mode means "semantic".
+    The CLI and the plugin both take their default mode from here.
+    """
+    mode = (card or {}).get("mode")
+    return mode if mode in AUTO_MODES else "semantic"
+
+
+def finetuned_mode(base_card: dict | None, has_instances: bool, kept_base: bool = False) -> str:
+    """The mode for the card of a model fine-tuned (SAM-SP) from a base with ``base_card``.
+
+    A base in everything-mode has learnt to self-prompt once fine-tuned: "instance"
+    when the training masks hold several objects, else "semantic". When the base
+    weights were kept (no step beat them), its mode stays.
+    """
+    mode = auto_mode(base_card)
+    if mode != "everything" or kept_base:
+        return mode
+    return "instance" if has_instances else "semantic"
+
+
+def card_segment_options(card: dict | None, mode: str | None = None) -> dict:
+    """Keyword arguments for :func:`segment_image` that a model card fixes for its model in ``mode``.
+
+    ``mode`` defaults to :func:`auto_mode`. Self-prompting modes:
+    ``num_passes``, the self-prompting passes the model was trained with, and
     ``refine_instances``: False for a model whose prompted path does worse than
     its watershed objects (the card of such a model says so; default True).
+    Everything-mode: the card's optional ``everything`` dict of
+    :class:`~napari_samsp.everything.EverythingOptions` fields.
     """
     card = card or {}
+    if (mode or auto_mode(card)) == "everything":
+        return dict(card.get("everything") or {})
     opts: dict = {}
     if card.get("num_passes"):
         opts["num_passes"] = int(card["num_passes"])
@@ -418,8 +454,13 @@ def segment_image(
     """Segment any 2D image: whole when its longest side is at most ``tile_threshold``
     (default ``2 * img_size``), else tiled (:func:`segment_tiled`).
 
-    ``**kwargs`` go to :func:`segment`.
+    ``**kwargs`` go to :func:`segment`. ``mode="everything"`` runs
+    :func:`napari_samsp.everything.segment_everything` instead (``**kwargs``: its options).
     """
+    if mode == "everything":
+        from .everything import segment_everything
+
+        return segment_everything(predictor, image, None, tile_threshold, tile_size, overlap, progress, cancel, **kwargs)
     h, w = as_plane(image).shape[:2]
     thr_default, _, _ = default_tiling(predictor.model.img_size)
     thr = int(tile_threshold or thr_default)
@@ -517,7 +558,7 @@ def segment_stack(
             raise SegmentationCancelled("segmentation cancelled")
         res = segment_image(predictor, plane, mode=mode, **kwargs)
         lab = res.labels.astype(np.uint32)
-        if mode == "instance" and lab.any():
+        if mode != "semantic" and lab.any():
             lab[lab > 0] += offset
             offset = int(lab.max())
         out[z] = lab

@@ -95,7 +95,7 @@ def _check_input(path: Path, image) -> None:
 
 
 def cmd_segment(args) -> int:
-    from .autoseg import card_segment_options
+    from .autoseg import auto_mode, card_segment_options
     from .io import find_images, read_image, write_png_atomic, write_tiff_atomic
     from .predictor import EmbeddingCache, Predictor
 
@@ -109,10 +109,16 @@ def cmd_segment(args) -> int:
         _check_input(p, img)
         images.append(img)
     loaded = _load(args)
-    mode = args.mode or loaded.card.get("mode", "semantic")
-    options = card_segment_options(loaded.card)
-    if args.passes:
+    mode = args.mode or auto_mode(loaded.card)
+    options = card_segment_options(loaded.card, mode)
+    if args.passes and mode != "everything":
         options["num_passes"] = args.passes
+    if args.points_per_side is not None and mode == "everything":
+        options["points_per_side"] = args.points_per_side
+    if mode == "everything":  # bad options: one line before anything is written
+        from .everything import EverythingOptions
+
+        EverythingOptions.from_kwargs(**options)
     predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache(None))
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -228,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="prompt-free segmentation of images or folders")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    p.add_argument("--mode", choices=["semantic", "instance"], default=None)
+    p.add_argument("--mode", choices=["semantic", "instance", "everything"], default=None,
+                   help="semantic/instance: self-prompting (SAM-SP models); everything: masks from a point grid "
+                        "(for official SAM, MedSAM, micro-sam weights). Default: the model card's")
     p.add_argument("--passes", type=int, default=None, help="self-prompting passes K (default: the model card's)")
+    p.add_argument("--points-per-side", type=int, default=None, help="everything mode: grid points per side (default 32)")
     model_args(p)
     p.set_defaults(func=cmd_segment)
 

@@ -254,7 +254,7 @@ class CorrectPanel(QWidget):
         self.session.reset_editor()
         ws.clear_prompts()
         layer = ws.labels
-        if self.segment_panel.mode.currentText() == "instance" or int(layer.selected_label) == 0:
+        if self.segment_panel.mode.currentText() != "semantic" or int(layer.selected_label) == 0:
             layer.selected_label = new_label_id(layer.data)
         self.session.messages.status(f"object committed; next object id {int(layer.selected_label)}")
 

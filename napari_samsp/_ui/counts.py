@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QLabel
 def count_objects(labels: np.ndarray, mode: str) -> int:
     """Label ids in use (instance), or connected foreground regions (semantic); (H, W) or (Z, H, W)."""
     arr = np.asarray(labels)
-    if mode == "instance":
+    if mode != "semantic":  # instance and everything: one label per object
         flat = arr.ravel()
         top = int(flat.max(initial=0))
         if top == 0:

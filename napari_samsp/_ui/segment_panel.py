@@ -14,7 +14,7 @@ from .workspace import Workspace, check_image_layer
 
 def describe_labels(labels: np.ndarray, mode: str) -> str:
     """'12 objects' (instance) or '3 foreground regions' (semantic: connected components)."""
-    if mode == "instance":
+    if mode != "semantic":  # instance and everything: one label per object
         n = len(np.unique(labels[labels > 0]))
         return f"{n} object{'s' if n != 1 else ''}"
     from scipy import ndimage
@@ -79,10 +79,11 @@ class SegmentPanel(QWidget):
         self.image_combo.activated.connect(self._on_combo)
         form.addRow("Image", self.image_combo)
         self.mode = QComboBox()
-        self.mode.addItems(["semantic", "instance"])
+        self.mode.addItems(["semantic", "instance", "everything"])
         self.mode.setToolTip(
-            "semantic: one foreground label; instance: one label per object. Follows the model card "
-            "until you choose; your choice then stays when the model changes"
+            "semantic: one foreground label; instance: one label per object (both self-prompted);\n"
+            "everything: one label per object from a grid of point prompts (for SAM weights not trained to "
+            "self-prompt).\nFollows the model card until you choose; your choice then stays when the model changes"
         )
         self.user_mode: str | None = None  # set when the user picks a mode; a model change keeps it
         self.mode.activated.connect(lambda index: setattr(self, "user_mode", self.mode.itemText(index)))
@@ -192,11 +193,11 @@ class SegmentPanel(QWidget):
         return self.use_layer(active)
 
     # -- segmentation ------------------------------------------------------------------
-    def _kwargs(self) -> dict:
+    def _kwargs(self, mode: str | None = None) -> dict:
         from ..autoseg import card_segment_options
 
         loaded = self.session.loaded
-        return card_segment_options(None if loaded is None else loaded.card)
+        return card_segment_options(None if loaded is None else loaded.card, mode or self.mode.currentText())
 
     def segment_current(self, preview: bool = False):
         """Auto-segment the current image (or slice of a stack) in a worker; returns the task or None.
@@ -380,7 +381,7 @@ class SegmentPanel(QWidget):
                 if ctx.cancelled():
                     raise SegmentationCancelled(f"auto-segmentation cancelled after {z} of {n} slices; labels unchanged")
                 lab = segment_image(predictor, ws.model_plane(z), mode=mode, **kwargs).labels.astype(np.uint32)
-                if mode == "instance" and lab.any():
+                if mode != "semantic" and lab.any():
                     lab[lab > 0] += offset
                     offset = int(lab.max())
                 out[z] = lab

@@ -136,8 +136,9 @@ class Session:
 
     @property
     def default_mode(self) -> str:
-        card: dict[str, Any] = {} if self.loaded is None else (self.loaded.card or {})
-        return card.get("mode", "semantic") if card.get("mode") in ("semantic", "instance") else "semantic"
+        from ..autoseg import auto_mode
+
+        return auto_mode(None if self.loaded is None else self.loaded.card)
 
     @property
     def official_weights(self) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..autoseg import finetuned_mode
 from ..errors import DataLayoutError
 from ..io import list_pairs, read_splits, split_pairs
 from ..models.checkpoints import LoadedModel
@@ -123,6 +124,7 @@ def finetune_model(
     }
     kept = bool(cfg.validate_at_start and result.state.best_step == 0)
     card["metrics"]["kept_base"] = kept
+    card["mode"] = finetuned_mode(base.card, any(int(ex.labels.max(initial=0)) > 1 for ex in train_ex), kept)
     return FineTuneResult(result.model.eval(), card, before, after, kept)
 
 

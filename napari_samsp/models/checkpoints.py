@@ -99,7 +99,8 @@ _OFFICIAL_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.p
 # Globals that a plain tensor checkpoint references; anything else means pickled Python objects.
 _TENSOR_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.slice")
 
-_CARD_MODES = ("semantic", "instance")
+# "everything": a point-grid automatic mode (napari_samsp.everything) for weights never trained to self-prompt.
+_CARD_MODES = ("semantic", "instance", "everything")
 
 # SamSP's default; a card that does not say otherwise describes a model trained with it.
 _DEFAULT_NUM_PASSES = 2
@@ -1018,11 +1019,13 @@ def _load_path(path: Path, trust: bool) -> LoadedModel:
         origin = "SAM-UNet training checkpoint"
     model_id = _file_digest(p)
     created = datetime.fromtimestamp(p.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
-    # Foreign weights were trained with upstream SAM's preprocessing.
+    # Foreign weights were trained with upstream SAM's preprocessing, and not to self-prompt:
+    # their automatic mode is the point grid (everything).
     set_model_preprocessing(model, SAM_PREPROCESSING)
     card = make_card(
         model.config,
-        {"version": model_id, "origin": origin, "created": created, "preprocessing": SAM_PREPROCESSING, **extra},
+        {"version": model_id, "origin": origin, "created": created, "preprocessing": SAM_PREPROCESSING,
+         "mode": "everything", **extra},
     )
     return LoadedModel(model, card, model_id, str(p), False)
 
