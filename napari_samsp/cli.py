@@ -1,4 +1,4 @@
-"""The ``samsp`` command (contract in DESIGN.md): models, segment, finetune, evaluate, rank.
+"""The ``samsp`` command (contract in docs/ARCHITECTURE.md): models, segment, finetune, evaluate, rank.
 
 Exit code 0 on success; on bad input a single line ``samsp: error: <reason>`` on
 stderr and exit code 2 (1 for unexpected failures).

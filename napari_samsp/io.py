@@ -1,6 +1,6 @@
 """Reading and writing images, masks and the training data layout (pure: no torch, no Qt).
 
-The data layout is a fixed contract (see DESIGN.md)::
+The data layout is a fixed contract (see docs/ARCHITECTURE.md)::
 
     DIR/images/<stem>.<png|jpg|tif>   the images
     DIR/masks/<stem>.png              same stem, same height and width; binary 0/255 or uint16 instance labels

@@ -4,7 +4,7 @@ Official configurations (``vit_b``, ``vit_l``, ``vit_h``) reproduce upstream
 ``segment_anything.build_sam`` exactly, so official checkpoints load with a
 strict key and shape check. Small configurations of our own train on a 2-core
 CPU in minutes; their smaller patch keeps the decoder's output grid fine enough
-for nuclei (see DESIGN.md, "Resolution").
+for nuclei (see docs/ARCHITECTURE.md, "Resolution").
 """
 
 from __future__ import annotations
