@@ -387,6 +387,7 @@ class Pair:
     stem: str
     image_path: Path
     mask_path: Path
+    store_root: Path | None = None  # set for an annotation store's entries: read under its lock
 
 
 def list_pairs(directory: str | Path, *, check_sizes: bool = False) -> list[Pair]:
@@ -403,6 +404,14 @@ def list_pairs(directory: str | Path, *, check_sizes: bool = False) -> list[Pair
     root = Path(directory)
     if not root.is_dir():
         raise DataLayoutError(f"data folder not found: {root}")
+    if (root / "manifest.jsonl").is_file():  # an annotation store: its committed entries only
+        from .store import committed_pairs
+
+        pairs = committed_pairs(root)
+        if check_sizes:
+            for pair in pairs:
+                _check_sizes(image_size(pair.image_path), image_size(pair.mask_path), pair.stem)
+        return pairs
     images_dir, masks_dir = root / "images", root / "masks"
     layout = "expected DIR/images/<stem>.png|jpg|tif and DIR/masks/<stem>.png"
     if not images_dir.is_dir():
@@ -456,7 +465,15 @@ def check_pair(image: np.ndarray, mask: np.ndarray, stem: str) -> None:
 
 
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """Read one pair: (image as stored, labels from :func:`read_mask`), checked with :func:`check_pair`."""
+    """Read one pair: (image as stored, labels from :func:`read_mask`), checked with :func:`check_pair`.
+
+    A pair of an annotation store (``store_root`` set) is read under the store's lock, so
+    its image and mask are those of one committed write.
+    """
+    if getattr(pair, "store_root", None) is not None:
+        from .store import read_committed_pair
+
+        return read_committed_pair(pair)
     image = read_image(pair.image_path)
     mask = read_mask(pair.mask_path)
     check_pair(image, mask, pair.stem)
