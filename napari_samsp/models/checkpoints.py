@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import SamspError, WeightsError
 from ..io import fsync_dir
+from ..tempfiles import sweep_stale, temp_prefix
 from .build import MODEL_CONFIGS, SamConfig, build_model
 from .lora import LoRALinear, merge_lora
 from .sam_model import SamModel
@@ -601,7 +602,7 @@ def make_card(config: SamConfig, card: Mapping[str, Any] | None = None) -> dict[
 
 def _temp_beside(target: Path) -> Path:
     # Same directory, so os.replace is an atomic rename on the same filesystem.
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
     os.close(fd)
     # mkstemp creates 0600; model files are shared (and shipped in the wheel), so
     # give them the usual permissions the process's umask allows.
@@ -640,6 +641,7 @@ def save_model(model: SamModel, path: str | os.PathLike[str], card: Mapping[str,
     metadata = {"format": "pt", CARD_KEY: json.dumps(full_card, sort_keys=True)}
     sidecar = target.with_suffix(".json")
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(target.parent)  # temporary files of killed earlier saves
     temps: list[Path] = []
     try:
         tmp_weights = _temp_beside(target)
