@@ -387,6 +387,8 @@ class Predictor:
             model = model.to(torch.device(device))
         self.model = model
         self.model_id = str(model_id)
+        digest = getattr(model, "weights_digest", None)  # set by load_model: the tensors' content hash
+        self._cache_id = f"{self.model_id}#{digest}" if digest else self.model_id
         self.cache = cache
         self.device = next(model.parameters()).device
         self._features: ImageFeatures | None = None
@@ -409,10 +411,10 @@ class Predictor:
         rgb_u8 = to_rgb_uint8(as_plane(image, rgb))
         transform = InputTransform(self.model.img_size, (int(rgb_u8.shape[0]), int(rgb_u8.shape[1])))
         key = image_key(rgb_u8)
-        feats = self.cache.get(self.model_id, key)
+        feats = self.cache.get(self._cache_id, key)
         cached = feats is not None
         if feats is None:
-            feats = self.cache.put(self.model_id, key, self._encode(transform, rgb_u8))
+            feats = self.cache.put(self._cache_id, key, self._encode(transform, rgb_u8))
         self._features = feats.to(self.device)
         self._transform = transform
         self._rgb = rgb_u8

@@ -46,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import SamspError, WeightsError
 from ..io import fsync_dir
 from ..tempfiles import sweep_stale, temp_prefix
+from . import validate
 from .build import MODEL_CONFIGS, SamConfig, build_model
 from .lora import LoRALinear, merge_lora
 from .sam_model import SamModel
@@ -308,7 +309,9 @@ def _torch_load(path: Path, trust: bool, refusal: Callable[[Path, list[str]], st
         if names:
             raise WeightsError(refusal(path, names)) from None
         raise _corrupt(path, refused) from None
-    logger.warning("unpickling %s with weights_only=False because trust=True was given", path)
+    logger.warning(
+        "%s: loading with --trust: this file is unpickled, and unpickling can run ANY code it holds on this "
+        "computer, with your permissions; stop now (Ctrl+C) unless you trust where the file came from", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -711,6 +714,10 @@ def load_safetensors_model(path: str | os.PathLike[str]) -> tuple[SamModel, dict
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{p}: the model card's config is invalid: {_one_line(str(exc))}") from None
     try:
+        validate.check_card(p, card, config, validate.header_shapes(p))  # before any tensor is read or built
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read {p}: not a valid safetensors file (corrupt or truncated?): {_one_line(str(exc))}") from exc
+    try:
         state = load_file(p)
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"cannot read {p}: not a valid safetensors file (corrupt or truncated?): {_one_line(str(exc))}") from exc
@@ -811,5 +818,6 @@ def load_model(
                 f"unknown model {name_or_path!r}: not a file and not one of: {', '.join(MODEL_CONFIGS)}"
             )
         loaded = _load_path(path, trust)
+    validate.finish_loaded(loaded)  # refuses non-finite weights; the cache key's weights digest
     loaded.model.to(dev).eval()
     return loaded
