@@ -67,6 +67,57 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+_SIGNATURES = {  # first bytes of the formats read here, by suffix
+    ".png": (b"\x89PNG\r\n\x1a\n",),
+    ".jpg": (b"\xff\xd8\xff",),
+    ".jpeg": (b"\xff\xd8\xff",),
+    ".tif": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    ".tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+}
+_PIXEL_LIMIT_ENV = "SAMSP_MAX_IMAGE_PIXELS"
+
+
+def _check_signature(path: Path) -> None:
+    """Refuse a file whose first bytes are not those of its suffix's format, in words a user understands."""
+    expected = _SIGNATURES.get(path.suffix.lower())
+    if expected is None:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise InputImageError(f"cannot read image {path}: {_one_line(exc)}") from exc
+    if not head:
+        raise InputImageError(f"cannot read image {path}: the file is empty (0 bytes)")
+    if not head.startswith(expected):
+        kind = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower(), "PNG")
+        text = all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+        raise InputImageError(
+            f"cannot read image {path}: it is not a {kind} file"
+            + (" (it looks like text)" if text else " (damaged, or another format with the wrong suffix)")
+            + "; remove it from the inputs or save it again as an image"
+        )
+
+
+class _pixel_limit:
+    """Raise Pillow's decompression-bomb limit while reading, when SAMSP_MAX_IMAGE_PIXELS says so."""
+
+    def __enter__(self) -> None:
+        self.old = None
+        value = os.environ.get(_PIXEL_LIMIT_ENV)
+        if value:
+            from PIL import Image
+
+            self.old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = int(value)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is not None:
+            from PIL import Image
+
+            Image.MAX_IMAGE_PIXELS = self.old
+
+
 def _is_visible_file(path: Path) -> bool:
     return not path.name.startswith(".") and path.is_file()
 
@@ -88,6 +139,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputImageError(f"image not found: {path}")
     if not path.is_file():
         raise InputImageError(f"not an image file: {path}")
+    _check_signature(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
@@ -96,9 +148,15 @@ def read_image(path: str | Path) -> np.ndarray:
         else:
             import imageio.v3 as iio
 
-            with open(path, "rb") as f:  # our handle, closed even when the decoder fails
+            with open(path, "rb") as f, _pixel_limit():  # our handle, closed even when the decoder fails
                 array = iio.imread(f, extension=path.suffix.lower() or None)
     except Exception as exc:  # every reader raises its own types: report them all the same way
+        if "decompression bomb" in str(exc).lower():
+            raise InputImageError(
+                f"{path} is larger than Pillow's decompression-bomb limit ({_one_line(exc)}); if you trust "
+                f"the file, convert it to TIFF (read without that limit, and tiled by samsp) or set "
+                f"{_PIXEL_LIMIT_ENV}=<pixels> to raise the limit for PNG/JPEG"
+            ) from exc
         raise InputImageError(f"cannot read image {path}: {_one_line(exc)}") from exc
     array = np.asarray(array)
     if array.size == 0 or array.ndim < 2:

@@ -98,22 +98,14 @@ def check_card(path: Path | str, card: Mapping[str, Any], config: SamConfig, sha
     size = card.get("input_size")
     if size is not None and size != config.img_size:
         raise _refuse(path, f"input_size {size!r} differs from the config's img_size {config.img_size}")
-    with torch.device("meta"):  # the architecture without memory: only names and shapes
-        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
-    have = {k: tuple(v) for k, v in shapes.items()}
-    if expected != have:
-        missing = sorted(set(expected) - set(have))
-        extra = sorted(set(have) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(have) if expected[k] != have[k])
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} tensors of another shape (e.g. {k}: file {list(have[k])}, card {list(expected[k])})")
-        if missing:
-            parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
-        if extra:
-            parts.append(f"{len(extra)} unexpected tensors (e.g. {extra[0]})")
-        raise _refuse(path, "its config does not match the weights: " + "; ".join(parts))
+    with torch.device("meta"):  # the architecture and the file's tensors without memory: names and shapes only
+        expected = build_model(config).state_dict()
+        state = {k: torch.empty(tuple(v)) for k, v in shapes.items()}
+    from .checkpoints import _compare, _describe_misfit  # the loader's own wording for misfits
+
+    missing, unexpected, mismatched = _compare(expected, state)
+    if missing or unexpected or mismatched:
+        raise WeightsError(_describe_misfit(Path(path), config, missing, unexpected, mismatched, state))
 
 
 def check_finite(source: Path | str, state: Mapping[str, torch.Tensor]) -> None:
