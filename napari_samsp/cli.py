@@ -104,12 +104,22 @@ def cmd_segment(args) -> int:
     # Read and check every input before writing anything, so a bad file in a
     # folder stops the run before any output exists. Inputs are kept in memory up to
     # 512 MB in all; the rest are read again when their turn comes.
-    images, kept = [], 0
+    from . import bigimage
+
+    images, kept, huge = [], 0, set()
     for p in paths:
+        head = bigimage.header_shape(p)  # huge TIFFs are checked band by band, never loaded whole
+        if head is not None and bigimage.is_huge(head[0]):
+            bigimage.check_lazy(p, bigimage.open_lazy(p))
+            huge.add(p)
+            images.append(None)
+            continue
         img = read_image(p)
         _check_input(p, img)
+        if bigimage.is_huge(img.shape):
+            huge.add(p)
         kept += img.nbytes
-        images.append(img if kept <= 512 * 2**20 else None)
+        images.append(img if kept <= 512 * 2**20 and p not in huge else None)
         del img
     loaded = _load(args)
     mode = args.mode or loaded.card.get("mode", "semantic")
@@ -121,9 +131,21 @@ def cmd_segment(args) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     total_objects = 0
     for i, (path, img) in enumerate(zip(paths, images), 1):
-        if img is None:
+        if img is None and not (path in huge and path.suffix.lower() in (".tif", ".tiff")):
             img = read_image(path)
         images[i - 1] = None  # free each input once segmented
+        if path in huge:  # tile by tile into a label TIFF on disk, bounded memory
+            lazy = path.suffix.lower() in (".tif", ".tiff")
+            source = bigimage.open_lazy(path) if lazy else img
+            del img
+            out = outdir / f"{path.stem}.tif"
+            n = bigimage.segment_to_tiff(
+                predictor, source, out, mode,
+                progress=lambda d, t, name=path.name: print(f"  {name}: tile {d}/{t}", flush=True), **options)
+            print(f"[{i}/{len(paths)}] {path.name} -> {out} ({n} object{'s' if n != 1 else ''}, mode {mode}, "
+                  "tiled to disk)", flush=True)
+            total_objects += n
+            continue
         labels, is_stack = _segment_one(predictor, img, mode, options)
         if is_stack:
             out = write_tiff_atomic(outdir / f"{path.stem}.tif", labels)
