@@ -26,6 +26,7 @@ about 4 M pixels instead of every pixel.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,9 +62,13 @@ def header_shape(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
 
 
 def is_huge(shape: tuple[int, ...]) -> bool:
-    """Whether a single 2D image (H, W) or (H, W, 3|4) is large enough for the streaming path."""
+    """Whether a single 2D image (H, W) or (H, W, 3|4) is large enough for the streaming path.
+
+    The threshold is :data:`HUGE_PIXELS`, or the environment variable ``SAMSP_TILE_TO_DISK_PIXELS``.
+    """
     plane = len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4))
-    return plane and shape[0] * shape[1] > HUGE_PIXELS
+    limit = int(os.environ.get("SAMSP_TILE_TO_DISK_PIXELS") or HUGE_PIXELS)
+    return plane and shape[0] * shape[1] > limit
 
 
 def open_lazy(path: Path) -> Any:
