@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,31 +34,41 @@ def write_synthetic(path: Path, side: int, seed: int = 0) -> None:
 
     rng = np.random.default_rng(seed)
     mm = tifffile.memmap(path, shape=(side, side), dtype=np.uint8, photometric="minisblack")
-    yy, xx = np.mgrid[:512, :side]
+    yy, xx = np.mgrid[-15:16, -15:16]
+    discs = [(yy**2 + xx**2 <= r * r) * 140.0 for r in range(6, 15)]
     for y0 in range(0, side, 512):
         rows = min(512, side - y0)
-        band = rng.normal(40, 12, (rows, side))
+        band = rng.normal(40, 12, (rows, side)).astype(np.float32)
         for cy in range(16, rows - 16, 48):
-            for cx in range(16 + (y0 // 48) % 2 * 24, side - 16, 48):
-                r = rng.integers(6, 15)
-                band[(yy[:rows] - cy) ** 2 + (xx[:rows] - cx) ** 2 <= r * r] += 140
+            for cx in range(16, side - 16, 48):
+                band[cy - 15 : cy + 16, cx - 15 : cx + 16] += discs[rng.integers(len(discs))]
         mm[y0 : y0 + rows] = np.clip(band, 0, 255).astype(np.uint8)
         mm.flush()
     del mm
 
 
-def run_one(image: Path, out: Path, threads: int, env_extra: dict[str, str], device: str = "cpu") -> tuple[float, float, int, int]:
+def run_one(
+    image: Path, out: Path, threads: int, env_extra: dict[str, str], device: str = "cpu", timeout: float | None = None
+) -> tuple[float, float, int, int]:
     """(seconds, peak RSS in MiB, exit code, tiles) of one ``samsp segment`` child process."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads), **env_extra}
     cmd = [sys.executable, "-m", "napari_samsp.cli", "segment", str(image), "-o", str(out),
            "--threads", str(threads), "--device", device]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(timeout, proc.kill) if timeout else None  # a run cut short still reports its tiles
+    if timer is not None:
+        timer.start()
     lines = proc.stdout.read().splitlines()
     _, status, usage = os.wait4(proc.pid, 0)
+    if timer is not None:
+        timer.cancel()
     seconds = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     tiles = sum(1 for line in lines if ": tile " in line)
+    total = next((line.rsplit("/", 1)[1] for line in reversed(lines) if ": tile " in line), "")
+    if tiles and total and str(tiles) != total:
+        print(f"(stopped after {tiles} of {total} tiles)", flush=True)
     if code != 0:
         print("\n".join(lines[-5:]), file=sys.stderr)
     return seconds, usage.ru_maxrss / 1024, code, tiles
@@ -69,6 +80,7 @@ def main() -> int:
     ap.add_argument("--in-memory", type=int, nargs="*", default=[], help="sides to run through segment_tiled too")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (peak RSS is host memory either way)")
+    ap.add_argument("--timeout", type=float, default=None, help="stop each run after this many seconds")
     ap.add_argument("--workdir", default=None, help="where the synthetic TIFFs go (default: a temp folder)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="samsp-bench-"))
@@ -84,7 +96,7 @@ def main() -> int:
         if not image.exists():
             write_synthetic(image, side)
         out = work / f"out_{side}_{'disk' if 'disk' in label else 'mem'}"
-        seconds, rss, code, tiles = run_one(image, out, args.threads, env, args.device)
+        seconds, rss, code, tiles = run_one(image, out, args.threads, env, args.device, args.timeout)
         per_tile = f"{seconds / tiles:.2f}" if tiles else ""
         print(f"| {side} x {side} uint8 | {label} | {tiles or ''} | {seconds:.0f} | {per_tile} | {rss:.0f} | {code} |",
               flush=True)
