@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ from .io import TIFF_SUFFIXES, write_atomic
 from .tiling import blend_weights, plan_tiles
 from .transforms import to_rgb_uint8
 
-__all__ = ["HUGE_PIXELS", "is_huge", "open_lazy", "check_lazy", "segment_to_tiff"]
+__all__ = ["HUGE_PIXELS", "check_lazy", "is_huge", "open_lazy", "segment_to_tiff"]
 
 HUGE_PIXELS = 48 * 2**20  # above ~50 M pixels (e.g. 7000 x 7000) images are streamed tile by tile
 _SAMPLE_PIXELS = 4 * 2**20

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import DataLayoutError, InputImageError, SamspError
 
-__all__ = ["check_args", "check_output_file", "check_output_folder", "check_channels"]
+__all__ = ["check_args", "check_channels", "check_output_file", "check_output_folder"]
 
 
 def _at_least(args: argparse.Namespace, name: str, low: int, flag: str) -> None:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
 from test_cli import run
 
 from napari_samsp import bigimage

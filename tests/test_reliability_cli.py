@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
-
 from test_cli import files_in, run, write_inputs
 from test_finetune import write_disc_layout
 

@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -101,7 +102,8 @@ def check_card(path: Path | str, card: Mapping[str, Any], config: SamConfig, sha
     with torch.device("meta"):  # the architecture and the file's tensors without memory: names and shapes only
         expected = build_model(config).state_dict()
         state = {k: torch.empty(tuple(v)) for k, v in shapes.items()}
-    from .checkpoints import _compare, _describe_misfit  # the loader's own wording for misfits
+    # the loader's own wording for misfits (imported here: checkpoints imports this module)
+    from .checkpoints import _compare, _describe_misfit
 
     missing, unexpected, mismatched = _compare(expected, state)
     if missing or unexpected or mismatched:
@@ -150,4 +152,4 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     with safe_open(path, framework="pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
