@@ -72,11 +72,47 @@ def is_huge(shape: tuple[int, ...]) -> bool:
     return plane and shape[0] * shape[1] > limit
 
 
+class _ContiguousTiff:
+    """An uncompressed TIFF stored in one contiguous block, read row band by row band.
+
+    tifffile's zarr view of such a file has one chunk of the whole image, so every slice would
+    read all of it; here each read maps just the rows it needs and unmaps them at once.
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+        self._row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        rows = key[0] if isinstance(key[0], slice) else slice(key[0], key[0] + 1)
+        y0, y1, step = rows.indices(self.shape[0])
+        if y1 <= y0:
+            return np.zeros((0, *self.shape[1:]), self.dtype)[key[1:]]
+        view = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + y0 * self._row_bytes,
+                         shape=(y1 - y0, *self.shape[1:]))
+        try:
+            out = np.array(view[(slice(0, y1 - y0, step), *key[1:])])
+            return out.astype(out.dtype.newbyteorder("="), copy=False)
+        finally:
+            del view
+
+
 def open_lazy(path: Path) -> Any:
-    """A TIFF as an array-like read on demand (a zarr array over tifffile's store); slices give numpy."""
+    """A TIFF as an array-like read on demand; slices give numpy arrays.
+
+    Uncompressed contiguous files are read through short-lived memory maps of the rows asked for;
+    others through tifffile's zarr view (chunk by chunk: strips or tiles).
+    """
     import tifffile
     import zarr
 
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        offset = series.dataoffset
+        if offset is not None and series.ndim in (2, 3):
+            dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)  # the file's byte order
+            return _ContiguousTiff(path, int(offset), tuple(int(s) for s in series.shape), dtype)
     store = tifffile.imread(path, aszarr=True)
     arr = zarr.open(store, mode="r")
     if not hasattr(arr, "shape"):  # a pyramid: its first level

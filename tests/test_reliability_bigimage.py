@@ -87,6 +87,17 @@ def test_lazy_tiff_is_read_band_by_band(tmp_path, predictor):
     assert np.array_equal(tifffile.imread(a), tifffile.imread(b))
 
 
+def test_contiguous_tiff_is_read_by_rows(tmp_path):
+    image = (np.random.default_rng(4).random((200, 150, 3)) * 60000).astype(">u2")  # big-endian, RGB
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, image, photometric="rgb")  # uncompressed: one contiguous block
+    source = bigimage.open_lazy(path)
+    assert type(source).__name__ == "_ContiguousTiff" and source.shape == image.shape
+    assert np.array_equal(source[37:121], image[37:121])
+    assert np.array_equal(source[5:190:7, ::3], image[5:190:7, ::3])
+    assert np.array_equal(source[190:], image[190:]) and source[250:].shape == (0, 150, 3)
+
+
 def test_cli_streams_huge_images_with_a_progress_line_per_tile(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bigimage, "HUGE_PIXELS", 100 * 100)  # "huge" from 10k pixels, so the test stays small
     inputs = tmp_path / "in"
