@@ -513,17 +513,20 @@ def _normalise_stack(planes: list[np.ndarray]) -> list[np.ndarray]:
     so every slice gets the same contrast (per-slice stretching would flicker)."""
     if all(p.dtype == np.uint8 for p in planes):
         return planes
-    stack = np.stack([np.asarray(p, np.float32) for p in planes])
+    wide = any(np.asarray(p).dtype.itemsize > 4 for p in planes)  # float64/int64: float32 could overflow
+    stack = np.stack([np.asarray(p, np.float64 if wide else np.float32) for p in planes])
     if stack.size == 0:
         raise InputImageError("stack has zero size")
     if not np.isfinite(stack).all():
         raise InputImageError("image contains NaN or infinite values")
+    stack *= 0.5  # halved: (hi - lo) of any finite values stays finite
     lo, hi = np.percentile(stack, (0.5, 99.5))
     if hi <= lo:
         lo, hi = float(stack.min()), float(stack.max())
     if hi <= lo:
         return [np.zeros(p.shape, np.uint8) for p in planes]
-    return [np.clip((p - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8) for p in stack]
+    with np.errstate(over="ignore"):
+        return [np.clip((p - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8) for p in stack]
 
 
 def segment_stack(

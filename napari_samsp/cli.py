@@ -84,6 +84,9 @@ def _check_input(path: Path, image) -> None:
     from .errors import InputImageError
     from .transforms import split_planes
 
+    from .cli_checks import check_channels
+
+    check_channels(path, image)
     try:
         split_planes(image)
         if not (image.dtype == bool or np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
@@ -102,12 +105,25 @@ def cmd_segment(args) -> int:
     _set_threads(args.threads)
     paths = find_images(args.inputs)
     # Read and check every input before writing anything, so a bad file in a
-    # folder stops the run before any output exists.
-    images = []
+    # folder stops the run before any output exists. Inputs are kept in memory up to
+    # 512 MB in all; the rest are read again when their turn comes.
+    from . import bigimage
+
+    images, kept, huge = [], 0, set()
     for p in paths:
+        head = bigimage.header_shape(p)  # huge TIFFs are checked band by band, never loaded whole
+        if head is not None and bigimage.is_huge(head[0]):
+            bigimage.check_lazy(p, bigimage.open_lazy(p))
+            huge.add(p)
+            images.append(None)
+            continue
         img = read_image(p)
         _check_input(p, img)
-        images.append(img)
+        if bigimage.is_huge(img.shape):
+            huge.add(p)
+        kept += img.nbytes
+        images.append(img if kept <= 512 * 2**20 and p not in huge else None)
+        del img
     loaded = _load(args)
     mode = args.mode or auto_mode(loaded.card)
     options = card_segment_options(loaded.card, mode)
@@ -122,7 +138,23 @@ def cmd_segment(args) -> int:
     predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache(None))
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
+    total_objects = 0
     for i, (path, img) in enumerate(zip(paths, images), 1):
+        if img is None and not (path in huge and path.suffix.lower() in (".tif", ".tiff")):
+            img = read_image(path)
+        images[i - 1] = None  # free each input once segmented
+        if path in huge:  # tile by tile into a label TIFF on disk, bounded memory
+            lazy = path.suffix.lower() in (".tif", ".tiff")
+            source = bigimage.open_lazy(path) if lazy else img
+            del img
+            out = outdir / f"{path.stem}.tif"
+            n = bigimage.segment_to_tiff(
+                predictor, source, out, mode,
+                progress=lambda d, t, name=path.name: print(f"  {name}: tile {d}/{t}", flush=True), **options)
+            print(f"[{i}/{len(paths)}] {path.name} -> {out} ({n} object{'s' if n != 1 else ''}, mode {mode}, "
+                  "tiled to disk)", flush=True)
+            total_objects += n
+            continue
         labels, is_stack = _segment_one(predictor, img, mode, options)
         if is_stack:
             out = write_tiff_atomic(outdir / f"{path.stem}.tif", labels)
@@ -130,6 +162,9 @@ def cmd_segment(args) -> int:
             out = write_png_atomic(outdir / f"{path.stem}.png", labels)
         n = int(labels.max())
         print(f"[{i}/{len(paths)}] {path.name} -> {out} ({n} object{'s' if n != 1 else ''}, mode {mode})", flush=True)
+        total_objects += n
+    print(f"done: {len(paths)} image{'s' if len(paths) != 1 else ''} segmented into {outdir} "
+          f"({total_objects} objects in all)", flush=True)
     return 0
 
 
@@ -285,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import SamspError
 
     try:
+        from .cli_checks import check_args
+
+        check_args(args)  # numbers and output paths, before any work
         return args.func(args)
     except SamspError as exc:
         _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -67,6 +67,57 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+_SIGNATURES = {  # first bytes of the formats read here, by suffix
+    ".png": (b"\x89PNG\r\n\x1a\n",),
+    ".jpg": (b"\xff\xd8\xff",),
+    ".jpeg": (b"\xff\xd8\xff",),
+    ".tif": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    ".tiff": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+}
+_PIXEL_LIMIT_ENV = "SAMSP_MAX_IMAGE_PIXELS"
+
+
+def _check_signature(path: Path) -> None:
+    """Refuse a file whose first bytes are not those of its suffix's format, in words a user understands."""
+    expected = _SIGNATURES.get(path.suffix.lower())
+    if expected is None:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise InputImageError(f"cannot read image {path}: {_one_line(exc)}") from exc
+    if not head:
+        raise InputImageError(f"cannot read image {path}: the file is empty (0 bytes)")
+    if not head.startswith(expected):
+        kind = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower(), "PNG")
+        text = all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+        raise InputImageError(
+            f"cannot read image {path}: it is not a {kind} file"
+            + (" (it looks like text)" if text else " (damaged, or another format with the wrong suffix)")
+            + "; remove it from the inputs or save it again as an image"
+        )
+
+
+class _pixel_limit:
+    """Raise Pillow's decompression-bomb limit while reading, when SAMSP_MAX_IMAGE_PIXELS says so."""
+
+    def __enter__(self) -> None:
+        self.old = None
+        value = os.environ.get(_PIXEL_LIMIT_ENV)
+        if value:
+            from PIL import Image
+
+            self.old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = int(value)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is not None:
+            from PIL import Image
+
+            Image.MAX_IMAGE_PIXELS = self.old
+
+
 def _is_visible_file(path: Path) -> bool:
     return not path.name.startswith(".") and path.is_file()
 
@@ -88,6 +139,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputImageError(f"image not found: {path}")
     if not path.is_file():
         raise InputImageError(f"not an image file: {path}")
+    _check_signature(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             import tifffile
@@ -96,9 +148,15 @@ def read_image(path: str | Path) -> np.ndarray:
         else:
             import imageio.v3 as iio
 
-            with open(path, "rb") as f:  # our handle, closed even when the decoder fails
+            with open(path, "rb") as f, _pixel_limit():  # our handle, closed even when the decoder fails
                 array = iio.imread(f, extension=path.suffix.lower() or None)
     except Exception as exc:  # every reader raises its own types: report them all the same way
+        if "decompression bomb" in str(exc).lower():
+            raise InputImageError(
+                f"{path} is larger than Pillow's decompression-bomb limit ({_one_line(exc)}); if you trust "
+                f"the file, convert it to TIFF (read without that limit, and tiled by samsp) or set "
+                f"{_PIXEL_LIMIT_ENV}=<pixels> to raise the limit for PNG/JPEG"
+            ) from exc
         raise InputImageError(f"cannot read image {path}: {_one_line(exc)}") from exc
     array = np.asarray(array)
     if array.size == 0 or array.ndim < 2:
@@ -387,6 +445,7 @@ class Pair:
     stem: str
     image_path: Path
     mask_path: Path
+    store_root: Path | None = None  # set for an annotation store's entries: read under its lock
 
 
 def list_pairs(directory: str | Path, *, check_sizes: bool = False) -> list[Pair]:
@@ -403,6 +462,14 @@ def list_pairs(directory: str | Path, *, check_sizes: bool = False) -> list[Pair
     root = Path(directory)
     if not root.is_dir():
         raise DataLayoutError(f"data folder not found: {root}")
+    if (root / "manifest.jsonl").is_file():  # an annotation store: its committed entries only
+        from .store import committed_pairs
+
+        pairs = committed_pairs(root)
+        if check_sizes:
+            for pair in pairs:
+                _check_sizes(image_size(pair.image_path), image_size(pair.mask_path), pair.stem)
+        return pairs
     images_dir, masks_dir = root / "images", root / "masks"
     layout = "expected DIR/images/<stem>.png|jpg|tif and DIR/masks/<stem>.png"
     if not images_dir.is_dir():
@@ -456,7 +523,15 @@ def check_pair(image: np.ndarray, mask: np.ndarray, stem: str) -> None:
 
 
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """Read one pair: (image as stored, labels from :func:`read_mask`), checked with :func:`check_pair`."""
+    """Read one pair: (image as stored, labels from :func:`read_mask`), checked with :func:`check_pair`.
+
+    A pair of an annotation store (``store_root`` set) is read under the store's lock, so
+    its image and mask are those of one committed write.
+    """
+    if getattr(pair, "store_root", None) is not None:
+        from .store import read_committed_pair
+
+        return read_committed_pair(pair)
     image = read_image(pair.image_path)
     mask = read_mask(pair.mask_path)
     check_pair(image, mask, pair.stem)

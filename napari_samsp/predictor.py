@@ -387,6 +387,8 @@ class Predictor:
             model = model.to(torch.device(device))
         self.model = model
         self.model_id = str(model_id)
+        digest = getattr(model, "weights_digest", None)  # set by load_model: the tensors' content hash
+        self._cache_id = f"{self.model_id}#{digest}" if digest else self.model_id
         self.cache = cache
         self.device = next(model.parameters()).device
         self._features: ImageFeatures | None = None
@@ -411,7 +413,7 @@ class Predictor:
         transform = InputTransform(self.model.img_size, (int(rgb_u8.shape[0]), int(rgb_u8.shape[1])), prep)
         key = image_key(rgb_u8)
         # Embeddings depend on the preprocessing too: keep those of other preprocessings apart.
-        cache_id = self.model_id if prep == LEGACY_PREPROCESSING else f"{self.model_id}|{prep}"
+        cache_id = self._cache_id if prep == LEGACY_PREPROCESSING else f"{self._cache_id}|{prep}"
         feats = self.cache.get(cache_id, key)
         cached = feats is not None
         if feats is None:

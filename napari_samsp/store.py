@@ -43,6 +43,7 @@ import numpy as np
 
 from .errors import DataLayoutError, InputImageError
 from .io import (
+    Pair,
     check_pair,
     fsync_dir,
     hash_split,
@@ -60,7 +61,7 @@ try:  # POSIX; elsewhere only threads of one process are serialised
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["AnnotationStore", "Entry", "SCHEMA_VERSION"]
+__all__ = ["AnnotationStore", "Entry", "SCHEMA_VERSION", "committed_pairs", "is_store", "read_committed_pair"]
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.jsonl"
@@ -148,6 +149,42 @@ def _sanitise(text: str) -> str:
     """A safe file-name part: letters, digits, '.', '_', '-' only, at most 60 characters."""
     clean = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
     return clean[:60].rstrip("._-") or "image"
+
+
+_STEM = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
+
+
+def _tampered(root: Path, what: str, detail: str) -> DataLayoutError:
+    return DataLayoutError(
+        f"{root}: {what} {detail}; the store folder was edited by hand or tampered with, so nothing was "
+        "read, moved or deleted: remove that record (or the .pending.json) or restore the store from a backup"
+    )
+
+
+def _inside(root: Path, rel: Any, sub: str, what: str) -> Path:
+    """``root / rel`` when ``rel`` names a file directly in ``root/<sub>`` (symlinks resolved), else refuse.
+
+    Raises:
+        DataLayoutError: an absolute path, ``..``, another folder, or a link leading outside the store.
+    """
+    if not isinstance(rel, str):
+        raise _tampered(root, what, f"has a file path that is not text ({rel!r})")
+    parts = rel.split("/")
+    if len(parts) != 2 or parts[0] != sub or parts[1] in ("", ".", "..") or "\\" in rel or "\0" in rel:
+        raise _tampered(root, what, f"names {rel!r}, which is not a file in {sub}/ of the store")
+    path = root / rel
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(root / sub):
+        raise _tampered(root, what, f"names {rel!r}, which leads outside {root / sub}")
+    return path
+
+
+def _check_record(root: Path, rec: dict[str, Any], what: str) -> None:
+    """Refuse a record whose stem or file paths could reach outside the store (see :func:`_inside`)."""
+    if not _STEM.match(rec["stem"]):
+        raise _tampered(root, what, f"has the stem {rec['stem']!r}, which is not a plain file name")
+    if rec.get("op") == "add":
+        _inside(root, rec.get("image_file"), "images", what)
+        _inside(root, rec.get("mask_file"), "masks", what)
 
 
 def _append_line(path: Path, data: bytes) -> None:
@@ -339,6 +376,7 @@ class AnnotationStore:
             if not isinstance(rec, dict) or not isinstance(rec.get("stem"), str) or rec.get("op") not in ("add", "remove"):
                 bad += 1
                 continue
+            _check_record(self.root, rec, f"the manifest record of {rec['stem']!r}")
             new.append(rec)
         if bad:
             warnings.warn(f"{self.manifest_path}: skipped {bad} unreadable records", stacklevel=3)
@@ -420,10 +458,7 @@ class AnnotationStore:
             KeyError: unknown stem. InputImageError / DataLayoutError: unreadable or mismatched files.
         """
         entry = self.get(stem)
-        image = read_image(entry.image_path)
-        labels = read_mask(entry.mask_path)
-        check_pair(image, labels, stem)
-        return image, labels
+        return read_committed_pair(Pair(stem, entry.image_path, entry.mask_path, store_root=self.root))
 
     def verify(self) -> list[str]:
         """Check every committed entry end to end; returns one line per problem (empty when all is well).
@@ -679,6 +714,11 @@ class AnnotationStore:
                 rid = pending["record"]["rid"]
             except (OSError, ValueError, KeyError, TypeError):
                 pending, rid = None, None
+            if pending is not None:
+                if not isinstance(pending.get("record"), dict) or not isinstance(pending["record"].get("stem"), str):
+                    pending = None
+                else:
+                    _check_record(self.root, pending["record"], f"the pending write {PENDING}")
             if pending is None:
                 _unlink(pending_path)
             elif any(r.get("rid") == rid for r in records):  # committed: only the clean-up was missed
@@ -700,3 +740,106 @@ class AnnotationStore:
         for rec in removed.values():  # removed entries whose files were not moved yet
             if any((self.root / rec[k]).exists() for k in ("image_file", "mask_file")):
                 self._trash(rec)
+
+
+# ---------------------------------------------------------------------- readers of the store folder
+
+
+def is_store(root: str | Path) -> bool:
+    """Whether ``root`` is an annotation store (it has a manifest), not a plain data-layout folder."""
+    return (Path(root) / MANIFEST).is_file()
+
+
+@contextlib.contextmanager
+def _shared_lock(root: Path) -> Iterator[None]:
+    """A shared ``flock`` on ``root/.lock``: waits while a writer holds it, admits other readers.
+
+    Writers hold the exclusive lock from before their first file until after their commit,
+    so under this lock every file on disk is either committed or left by a crashed writer
+    (then ``.pending.json`` exists and names it). Without a lock file (a store no writer of
+    this version touched, or a read-only one) no lock is taken.
+    """
+    fd = -1
+    if fcntl is not None:
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+            try:
+                fd = os.open(root / LOCK, flags, 0o644)
+                break
+            except OSError:
+                continue
+    try:
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _pending_stem(root: Path) -> str | None:
+    """The stem a crashed writer left half-written (its ``.pending.json``), if any; call under the lock."""
+    try:
+        pending = json.loads((root / PENDING).read_text(encoding="utf-8"))
+        stem = pending["record"]["stem"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""  # unreadable: which entry it touched is unknown
+    return stem if isinstance(stem, str) else ""
+
+
+def committed_pairs(root: str | Path) -> list[Pair]:
+    """The (image, mask) pairs of the committed entries of a store, sorted by stem.
+
+    This is what :func:`napari_samsp.io.list_pairs` returns for a store folder: files of
+    a write in flight, or of a crashed writer, are never listed. Opening the store first
+    repairs an interrupted write when this process may write there; on a read-only store
+    an entry a crashed writer touched is left out with a warning.
+    """
+    store = AnnotationStore(root, create=False)  # repairs an interrupted write when it can
+    with _shared_lock(store.root):
+        pending = _pending_stem(store.root)
+        live = store._live()
+    if pending is not None:
+        warnings.warn(
+            f"{store.root} has an interrupted write (open it with write access to repair it); "
+            + (f"entry {pending} is left out" if pending else "its entries may be incomplete"),
+            stacklevel=3,
+        )
+    pairs = [
+        Pair(stem, store.root / rec["image_file"], store.root / rec["mask_file"], store_root=store.root)
+        for stem, rec in sorted(live.items())
+        if stem != pending and store._has_files(rec)
+    ]
+    if not pairs:
+        raise DataLayoutError(f"the annotation store {store.root} has no committed entries yet")
+    return pairs
+
+
+def read_committed_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Read one store pair under the shared lock: the image and the mask of one committed state.
+
+    Raises:
+        DataLayoutError: the entry is being repaired after a crash, or was removed since it was listed.
+    """
+    root = Path(pair.store_root)  # type: ignore[arg-type]
+    for attempt in range(2):
+        with _shared_lock(root):
+            pending = _pending_stem(root)
+            if pending is None or (pending and pending != pair.stem):
+                if not (pair.image_path.is_file() and pair.mask_path.is_file()):
+                    raise DataLayoutError(f"entry {pair.stem} was removed from {root} while it was being read")
+                image = read_image(pair.image_path)
+                labels = read_mask(pair.mask_path)
+                check_pair(image, labels, pair.stem)
+                return image, labels
+        if attempt == 0:
+            AnnotationStore(root, create=False)  # a crashed writer's leftovers: repair them and retry
+    raise DataLayoutError(
+        f"entry {pair.stem} of {root} was left half-written by an interrupted write; "
+        "open the store with write access (e.g. in the plugin) to repair it"
+    )

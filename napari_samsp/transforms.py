@@ -124,15 +124,17 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
         )
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise InputImageError("image contains NaN or infinite values")
+    # Halved, in float64 where float32 could overflow: (hi - lo) of any finite values stays finite.
+    arr = arr.astype(np.float64 if arr.dtype.itemsize > 4 or arr.dtype == np.int32 or arr.dtype == np.uint32 else np.float32) * 0.5
     lo, hi = np.percentile(arr, (0.5, 99.5))
     if hi <= lo:
         lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
         return np.zeros(arr.shape, np.uint8)
-    return np.clip((arr - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
+    with np.errstate(over="ignore"):  # values far above hi become inf, then 255
+        return np.clip((arr - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
 
 
 def split_planes(image: np.ndarray, rgb: bool | None = None) -> tuple[list[np.ndarray], bool]:

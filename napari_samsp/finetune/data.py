@@ -62,13 +62,12 @@ def load_examples(
     Images larger than ``max_side`` are downscaled (area for images, nearest for
     labels) once here, so augmentation works on small arrays.
     """
-    from ..io import check_pair, read_image, read_mask
+    from ..io import read_pair
 
     out = []
     for pair in pairs:
-        image = to_rgb_uint8(read_image(pair.image_path))
-        labels = read_mask(pair.mask_path)
-        check_pair(image, labels, pair.stem)
+        image, labels = read_pair(pair)  # store entries: read under the store's lock
+        image = to_rgb_uint8(image)
         labels = labels.astype(np.int32)
         scale = max_side / max(image.shape[:2])
         if scale < 1:

@@ -61,6 +61,8 @@ from ..transforms import (
     model_preprocessing,
     set_model_preprocessing,
 )
+from ..tempfiles import sweep_stale, temp_prefix
+from . import validate
 from .build import MODEL_CONFIGS, SamConfig, build_model
 from .lora import LoRALinear, merge_lora
 from .sam_model import SamModel
@@ -337,7 +339,9 @@ def _torch_load(path: Path, trust: bool, refusal: Callable[[Path, list[str]], st
         if names:
             raise WeightsError(refusal(path, names)) from None
         raise _corrupt(path, refused) from None
-    logger.warning("unpickling %s with weights_only=False because trust=True was given", path)
+    logger.warning(
+        "%s: loading with --trust: this file is unpickled, and unpickling can run ANY code it holds on this "
+        "computer, with your permissions; stop now (Ctrl+C) unless you trust where the file came from", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -841,7 +845,7 @@ def make_card(config: SamConfig, card: Mapping[str, Any] | None = None) -> dict[
 
 def _temp_beside(target: Path) -> Path:
     # Same directory, so os.replace is an atomic rename on the same filesystem.
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
     os.close(fd)
     # mkstemp creates 0600; model files are shared (and shipped in the wheel), so
     # give them the usual permissions the process's umask allows.
@@ -889,6 +893,7 @@ def save_model(model: SamModel, path: str | os.PathLike[str], card: Mapping[str,
     metadata = {"format": "pt", CARD_KEY: json.dumps(full_card, sort_keys=True)}
     sidecar = target.with_suffix(".json")
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(target.parent)  # temporary files of killed earlier saves
     temps: list[Path] = []
     try:
         tmp_weights = _temp_beside(target)
@@ -957,6 +962,10 @@ def load_safetensors_model(path: str | os.PathLike[str]) -> tuple[SamModel, dict
         config = SamConfig.from_dict(card["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{p}: the model card's config is invalid: {_one_line(str(exc))}") from None
+    try:
+        validate.check_card(p, card, config, validate.header_shapes(p))  # before any tensor is read or built
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read {p}: not a valid safetensors file (corrupt or truncated?): {_one_line(str(exc))}") from exc
     try:
         state = load_file(p)
     except (SafetensorError, OSError) as exc:
@@ -1081,5 +1090,6 @@ def load_model(
                 f"unknown model {name_or_path!r}: not a file and not one of: {', '.join(MODEL_CONFIGS)}"
             )
         loaded = _load_path(path, trust)
+    validate.finish_loaded(loaded)  # refuses non-finite weights; the cache key's weights digest
     loaded.model.to(dev).eval()
     return loaded
