@@ -562,3 +562,7 @@ def evaluate_folders(pred_dir, gt_dir, instances: bool = False, threshold: float
     out["missing"] = missing
     out["extra"] = extra
     return out
+
+
+# Public name for recipes (training/evaluate_model.py): a semantic mask as connected-component instances.
+as_instances = _instances

@@ -60,7 +60,8 @@ def test_unet_segmenter_shapes(shape):
 
 
 def test_evenly_spaced_and_noc_object():
-    from evaluate_model import evenly_spaced, pick_noc_object
+    from common import evenly_spaced
+    from evaluate_model import pick_noc_object
 
     assert evenly_spaced(list(range(10)), 3) == [0, 4, 9]
     assert evenly_spaced([1, 2], 5) == [1, 2]

@@ -48,7 +48,7 @@ def test_export_checkpoint_writes_the_final_weights_with_the_parents_card(tmp_pa
 
 
 def test_kinds_split_groups_stems_by_kind_and_split(tmp_path):
-    from new_modality import kinds_split
+    from loop_curve import kinds_split
 
     (tmp_path / "index.json").write_text(json.dumps([
         {"stem": "a", "kind": "fluo"}, {"stem": "c", "kind": "fluo"}, {"stem": "b", "kind": "fluo"},

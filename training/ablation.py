@@ -34,11 +34,12 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evaluate_model import DATASETS, SamSegmenter, evaluate, resolve_data  # noqa: E402
+from common import DATASETS, FIGURES, INSTANCE_SETS, REPO, load_train_examples, log_to, set_threads, val_pairs  # noqa: E402
+from evaluate_model import SamSegmenter, evaluate, noc_on  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from napari_samsp.finetune.checkpoint import load_checkpoint  # noqa: E402
+
 RUNS = REPO / "runs" / "ablation"
-FIGURES = REPO / "docs" / "figures"
 
 BASE: dict = {
     "model": "samunet_micro",
@@ -83,32 +84,6 @@ def variant_config(name: str) -> dict:
     return cfg
 
 
-def load_train_examples(datasets=DATASETS, max_side: int = 256, limit: int | None = None):
-    """Every pair of each data set's ``train`` split, preloaded (the pipeline of training/train.py)."""
-    from napari_samsp.finetune.data import load_examples
-    from napari_samsp.io import list_pairs, read_splits, split_pairs
-
-    out = []
-    for entry in datasets:
-        root = resolve_data(entry)
-        tr, _ = split_pairs(list_pairs(root), read_splits(root))
-        tr = tr[:limit] if limit else tr
-        out += load_examples(tr, root.name, max_side)
-    return out
-
-
-def _log_to(path: Path):
-    f = path.open("a")
-
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        f.write(line + "\n")
-        f.flush()
-
-    return log
-
-
 def run_sam_variant(cfg: dict, out: Path, train_ex, log) -> dict:
     from napari_samsp.finetune.loop import Callbacks, TrainConfig, train
     from napari_samsp.finetune.objective import ObjectiveConfig
@@ -131,35 +106,37 @@ def run_sam_variant(cfg: dict, out: Path, train_ex, log) -> dict:
             log(f"{cfg['variant']} step {step}/{cfg['steps']} " + " ".join(f"{k}={v:.4f}" for k, v in values.items()))
 
     result = train(model, train_ex, (), tcfg, Callbacks(on_loss=on_loss), checkpoint_path=out / "checkpoint.pt")
-    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    steps = load_checkpoint(out / "checkpoint.pt", "model").step
     seconds = result.seconds  # of this process only: a resumed run undercounts
     model = result.model.eval()
     card = {
         "mode": "instance", "num_passes": cfg["objective"]["num_passes"],
         "training_data": [{"name": n, "count": sum(1 for e in train_ex if e.domain == n)} for n in sorted({e.domain for e in train_ex})],
-        "steps": ckpt["state"]["step"], "recipe": {"config": cfg, "command": "training/ablation.py"},
+        "steps": steps, "recipe": {"config": cfg, "command": "training/ablation.py"},
         "version": f"ablation-{cfg['variant']}",
     }
     save_model(model, out / "model.safetensors", card)
     seg = SamSegmenter(model, f"ablation-{cfg['variant']}", cfg["objective"]["num_passes"], name=cfg["variant"])
     res = evaluate(seg, DATASETS, cfg["val_limit"], noc_objects=cfg["noc_objects"], log=log)
-    res["train"] = {"seconds": seconds, "steps": ckpt["state"]["step"],
+    res["train"] = {"seconds": seconds, "steps": steps,
                     "parameters": int(sum(p.numel() for p in model.parameters()))}
     return res
 
 
-def run_unet_variant(cfg: dict, out: Path, train_ex, log) -> dict:
-    from baselines import UNetSegmenter, build_unet, train_unet
+def run_unet_variant(cfg: dict, out: Path, log) -> dict:
+    """The U-Net baseline is its own recipe: run ``training/baselines.py`` with this variant's budget."""
+    import subprocess
 
-    torch.manual_seed(cfg["seed"])
-    model = build_unet()
-    img_size = 128
-    info = train_unet(model, train_ex, img_size, cfg["steps"], cfg["batch_size"], cfg["lr"], cfg["warmup_steps"],
-                      seed=cfg["seed"], checkpoint_path=out / "checkpoint.pt", log=log)
-    torch.save(model.state_dict(), out / "unet.pt")
-    res = evaluate(UNetSegmenter(model, img_size), DATASETS, cfg["val_limit"], noc_objects=0, log=log)
-    res["train"] = {**info, "parameters": int(sum(p.numel() for p in model.parameters()))}
-    return res
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "baselines.py"), "--out", str(out),
+           "--img-size", "128", "--steps", str(cfg["steps"]), "--batch-size", str(cfg["batch_size"]),
+           "--lr", str(cfg["lr"]), "--warmup-steps", str(cfg["warmup_steps"]), "--max-side", str(cfg["max_side"]),
+           "--seed", str(cfg["seed"]), "--val-limit", str(cfg["val_limit"]), "--data", *DATASETS,
+           "--threads", str(torch.get_num_threads()), "--log", str(out / "log.txt")]
+    if cfg.get("train_limit"):
+        cmd += ["--train-limit", str(cfg["train_limit"])]
+    log("running " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return json.loads((out / "results.json").read_text())
 
 
 def run_variant(name: str, train_ex_cache: dict, force: bool = False) -> dict | None:
@@ -170,15 +147,15 @@ def run_variant(name: str, train_ex_cache: dict, force: bool = False) -> dict | 
     out.mkdir(parents=True, exist_ok=True)
     cfg = variant_config(name)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    log = _log_to(out / "log.txt")
-    if "examples" not in train_ex_cache:
-        t = time.time()
-        train_ex_cache["examples"] = load_train_examples(DATASETS, cfg["max_side"], cfg.get("train_limit"))
-        log(f"loaded {len(train_ex_cache['examples'])} training examples in {time.time() - t:.0f}s")
+    log = log_to(out / "log.txt")
     log(f"variant {name}: {cfg['description']}")
     if cfg.get("kind") == "unet":
-        res = run_unet_variant(cfg, out, train_ex_cache["examples"], log)
+        res = run_unet_variant(cfg, out, log)
     else:
+        if "examples" not in train_ex_cache:
+            t = time.time()
+            train_ex_cache["examples"] = load_train_examples(DATASETS, cfg["max_side"], cfg.get("train_limit"))
+            log(f"loaded {len(train_ex_cache['examples'])} training examples in {time.time() - t:.0f}s")
         res = run_sam_variant(cfg, out, train_ex_cache["examples"], log)
     res["variant"] = name
     res["config"] = cfg
@@ -190,7 +167,6 @@ def run_variant(name: str, train_ex_cache: dict, force: bool = False) -> dict | 
 def extra_noc(name: str, log=print) -> None:
     """NoC again with the whole-image box on every click (how training presents "points only"
     prompts, see finetune.prompts.simulate_prompts); stored as ``noc_image_box`` per data set."""
-    from evaluate_model import INSTANCE_SETS, noc_on, val_pairs
     from napari_samsp.models.checkpoints import load_model
 
     p = RUNS / name / "results.json"
@@ -333,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a budget key for every variant (smoke runs): steps, val_limit, noc_objects, train_limit")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.runs:
         RUNS = args.runs
     for item in args.set:

@@ -9,7 +9,7 @@ Same as ``napari_samsp.finetune.loop.train``: ``load_examples`` -> ``BalancedSam
 (every data set equally likely) -> ``prepare_sample`` with ``AugmentConfig()`` (same
 resize-longest-side + zero-pad input frame as inference) -> focal + Dice
 (``finetune.losses.segmentation_loss``, padding masked out) -> AdamW, warm-up + cosine
-(``loop._lr_at``), gradient clipping 1.0. No self-prompting, no prompts: the U-Net only
+(``loop.lr_at``), gradient clipping 1.0. No self-prompting, no prompts: the U-Net only
 predicts a foreground.
 
 Inference mirrors ``autoseg.segment_image``: the image is resized (longest side) into the
@@ -72,7 +72,7 @@ def train_unet(
     log=print,
 ) -> dict:
     """Train in place, resumable from ``checkpoint_path``; returns {"seconds", "steps", "last_loss"}."""
-    from napari_samsp.finetune.loop import TrainConfig, _lr_at
+    from napari_samsp.finetune.loop import TrainConfig, lr_at
 
     sched = TrainConfig(steps=steps, lr=lr, warmup_steps=warmup_steps)
     torch.manual_seed(seed)
@@ -93,7 +93,7 @@ def train_unet(
     loss = torch.tensor(float("nan"))
     while step < steps:
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, sched)
+            g["lr"] = lr_at(step, sched)
         exs = [sampler.draw() for _ in range(batch_size)]
         images, labels, valid = collate([prepare_sample(ex, img_size, rng, augment) for ex in exs])
         logits = model(normalize(images))
@@ -184,7 +184,8 @@ def check(img_size: int = 128) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from evaluate_model import DATASETS, evaluate
+    from common import DATASETS, load_train_examples, log_to, set_threads
+    from evaluate_model import evaluate
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only check that smp builds offline")
@@ -196,24 +197,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup-steps", type=int, default=25)
     ap.add_argument("--max-side", type=int, default=256)
+    ap.add_argument("--train-limit", type=int, default=None, help="train images per data set (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-limit", type=int, default=30)
+    ap.add_argument("--log", type=Path, default=None, help="also append the progress lines to this file")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.check:
         print(json.dumps(check(args.img_size)))
         return 0
-    from ablation import load_train_examples  # noqa: E402
-
+    log = log_to(args.log)
     args.out.mkdir(parents=True, exist_ok=True)
-    train_ex = load_train_examples(args.data, args.max_side)
+    train_ex = load_train_examples(args.data, args.max_side, args.train_limit)
     torch.manual_seed(args.seed)
     model = build_unet()
     info = train_unet(model, train_ex, args.img_size, args.steps, args.batch_size, args.lr, args.warmup_steps,
-                      seed=args.seed, checkpoint_path=args.out / "checkpoint.pt")
-    res = evaluate(UNetSegmenter(model, args.img_size), args.data, args.val_limit, noc_objects=0)
-    res["train"] = info
+                      seed=args.seed, checkpoint_path=args.out / "checkpoint.pt", log=log)
+    torch.save(model.state_dict(), args.out / "unet.pt")
+    res = evaluate(UNetSegmenter(model, args.img_size), args.data, args.val_limit, noc_objects=0, log=log)
+    res["train"] = {**info, "parameters": int(sum(p.numel() for p in model.parameters()))}
     (args.out / "results.json").write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v["dice"] for k, v in res["datasets"].items()}))
     return 0

@@ -55,7 +55,7 @@ from napari_samsp.models.sam_sp import SamSP  # noqa: E402
 from napari_samsp.predictor import EmbeddingCache, Predictor  # noqa: E402
 from napari_samsp.reward.calibration import RewardCalibrator, RewardConfig, calibration_quality, prior_expected_dice  # noqa: E402
 from napari_samsp.reward.evidence import EmbeddingPrototypes, pooled_embeddings  # noqa: E402
-from napari_samsp.reward.improve import ImproveConfig, _Item, _train_round, self_improve  # noqa: E402
+from napari_samsp.reward.improve import ImproveConfig, TrainItem, train_round, self_improve  # noqa: E402
 from napari_samsp.reward.ranking import diversity_order, score_image  # noqa: E402
 
 DATA_ROOT = Path(os.environ.get("SAMSP_DATA", REPO / ".." / "shared" / "datasets")).resolve()
@@ -120,7 +120,7 @@ class Bank:
         self.cache_id = "al-bench-frozen-encoder"
         self.examples = examples
         pred = Predictor(base.model, self.cache_id, self.cache)
-        self.items: list[_Item] = []
+        self.items: list[TrainItem] = []
         self.gt: list[np.ndarray] = []
         self.pooled_gt: list[tuple[np.ndarray, np.ndarray]] = []
         for ex in examples:
@@ -131,7 +131,7 @@ class Bank:
             valid = torch.zeros(t.img_size, t.img_size, dtype=torch.bool)
             h, w = t.resized_size
             valid[:h, :w] = True
-            self.items.append(_Item(pred.features, labels, valid))
+            self.items.append(TrainItem(pred.features, labels, valid))
             self.gt.append(gt)
             fg, bg = pooled_embeddings(pred.features.embeddings, gt[None], t.resized_size, t.img_size)
             self.pooled_gt.append((fg[0], bg[0]))
@@ -146,15 +146,15 @@ class Bank:
         return p
 
 
-def finetune(base: LoadedModel, items: list[_Item], steps: int, lr: float, seed: int):
+def finetune(base: LoadedModel, items: list[TrainItem], steps: int, lr: float, seed: int):
     model = copy.deepcopy(base.model).eval()
     cfg = ImproveConfig(steps=steps, batch_size=4, lr=lr, seed=seed, human_prompts=0)
-    _train_round(model, items, [], cfg, int(base.card.get("num_passes", 2)), None, None, 0)
+    train_round(model, items, [], cfg, int(base.card.get("num_passes", 2)), None, None, 0)
     return model.eval()
 
 
 @torch.inference_mode()
-def val_dice(model, items: list[_Item], num_passes: int) -> float:
+def val_dice(model, items: list[TrainItem], num_passes: int) -> float:
     sp = SamSP(model, num_passes=num_passes)
     out = []
     for it in items:

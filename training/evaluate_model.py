@@ -33,46 +33,18 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, Protocol, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+# The data helpers live in common.py (re-exported here for callers of the older names).
+from common import DATA_ROOT, DATASETS, INSTANCE_SETS, evenly_spaced, resolve_data, val_pairs  # noqa: E402, F401
+
 from napari_samsp import metrics  # noqa: E402
-from napari_samsp.io import list_pairs, read_image, read_mask, read_splits  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("SAMSP_DATA", REPO / ".." / "shared" / "datasets")).resolve()
-DATASETS = ("dsb2018_nuclei", "polypgen_polyps", "hc18_fetal_head_us")
-INSTANCE_SETS = {"dsb2018_nuclei"}
-
-
-# ----------------------------------------------------------------------------------------------
-# data
-# ----------------------------------------------------------------------------------------------
-def resolve_data(entry: str | Path) -> Path:
-    p = Path(entry)
-    return p if p.is_absolute() or p.exists() else DATA_ROOT / str(entry)
-
-
-def evenly_spaced(items: Sequence, limit: int | None) -> list:
-    """``limit`` items spread evenly over ``items`` (all of them when ``limit`` is None or larger)."""
-    items = list(items)
-    if not limit or limit >= len(items):
-        return items
-    idx = np.unique(np.linspace(0, len(items) - 1, int(limit)).round().astype(int))
-    return [items[i] for i in idx]
-
-
-def val_pairs(name: str | Path, limit: int | None = None) -> list:
-    """The validation pairs of a data set (``splits.json``), sorted by stem, evenly subsampled."""
-    root = resolve_data(name)
-    pairs = {p.stem: p for p in list_pairs(root)}
-    splits = read_splits(root)
-    stems = sorted(splits["val"]) if splits and splits.get("val") else sorted(pairs)
-    return evenly_spaced([pairs[s] for s in stems if s in pairs], limit)
+from napari_samsp.finetune.checkpoint import load_checkpoint  # noqa: E402
+from napari_samsp.io import read_image, read_mask  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,7 +201,7 @@ def evaluate_dataset(
         times.append(time.perf_counter() - t0)
         dices.append(metrics.dice(labels, gt))
         if instance_set:
-            pred = labels if run_mode == "instance" else metrics._instances(labels)
+            pred = labels if run_mode == "instance" else metrics.as_instances(labels)
             f = metrics.instance_f1(pred, gt)
             f1s.append(f["f1"])
             pqs.append(f["pq"])
@@ -284,58 +256,13 @@ def evaluate(
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# loading
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class Loaded:
-    model: torch.nn.Module
-    model_id: str
-    card: dict
-
-
-def load_checkpoint(path: str | Path, config_name: str, which: str = "best") -> Loaded:
-    """A training checkpoint's ``best`` (or ``model``) weights, without a safetensors file.
-
-    The run folder's ``config.json`` (written by ``training/train.py``) gives the mode
-    and the number of self-prompting passes when present.
-    """
-    from napari_samsp.models import build_model
-    from napari_samsp.models.build import get_config
-
-    path = Path(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get(which) if isinstance(ckpt, dict) else None
-    if state is None:
-        if which == "best":
-            print(f"{path}: no 'best' weights (no validation yet?); using 'model'", file=sys.stderr)
-        state = ckpt["model"]
-    model = build_model(get_config(config_name))
-    model.load_state_dict(state)
-    card: dict = {"mode": "semantic", "num_passes": 2}
-    run_cfg = path.parent / "config.json"
-    if run_cfg.is_file():
-        run = json.loads(run_cfg.read_text())
-        cfg = run.get("config", {})
-        # The run's preprocessing (train.py records it; runs before the field are legacy samsp-v1).
-        from napari_samsp.transforms import LEGACY_PREPROCESSING, set_model_preprocessing
-
-        set_model_preprocessing(model, run.get("preprocessing") or LEGACY_PREPROCESSING)
-        card["preprocessing"] = model.preprocessing
-        card["mode"] = cfg.get("mode", "semantic")
-        card["num_passes"] = int(cfg.get("objective", {}).get("num_passes", 2))
-    s = ckpt.get("state", {}) if isinstance(ckpt, dict) else {}
-    card["checkpoint"] = {"path": str(path), "weights": which, "step": s.get("step"), "best_step": s.get("best_step"),
-                          "best_val": s.get("best_val")}
-    return Loaded(model.eval(), f"ckpt-{path.parent.name}-{which}-{s.get('best_step' if which == 'best' else 'step')}", card)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model file or built-in name (as samsp segment --model)")
     src.add_argument("--checkpoint", type=Path, help="a training checkpoint.pt (runs/<x>/checkpoint.pt)")
-    ap.add_argument("--config-name", default="samunet_tiny", help="architecture of --checkpoint")
+    ap.add_argument("--config-name", default=None,
+                    help="architecture of --checkpoint (default: the run's config.json, else samunet_tiny)")
     ap.add_argument("--weights", choices=("best", "model"), default="best", help="which weights of --checkpoint")
     ap.add_argument("--data", nargs="+", default=list(DATASETS), help="data set names under SAMSP_DATA, or folders")
     ap.add_argument("--limit", type=int, default=None, help="validation images per data set (evenly spaced)")
@@ -357,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.checkpoint:
-        loaded = load_checkpoint(args.checkpoint, args.config_name, args.weights)
-        model, model_id, card, source = loaded.model, loaded.model_id, loaded.card, str(args.checkpoint)
+        ck = load_checkpoint(args.checkpoint, args.weights)
+        if ck.which != args.weights:
+            print(f"{args.checkpoint}: no '{args.weights}' weights (no validation yet?); using '{ck.which}'", file=sys.stderr)
+        model, model_id, card, source = ck.build_model(args.config_name), ck.model_id, ck.card(), str(args.checkpoint)
     else:
         from napari_samsp.models.checkpoints import load_model
 

@@ -18,14 +18,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evaluate_model import load_checkpoint  # noqa: E402
 from train import parse_value  # noqa: E402
+
+from napari_samsp.finetune.checkpoint import load_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,22 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    run_cfg_file = args.checkpoint.parent / "config.json"
-    run_cfg = json.loads(run_cfg_file.read_text()) if run_cfg_file.is_file() else {}
-    config_name = args.config_name or run_cfg.get("config", {}).get("model", "samunet_tiny")
-    loaded = load_checkpoint(args.checkpoint, config_name, args.weights)
+    ck = load_checkpoint(args.checkpoint, args.weights)
+    if ck.which != args.weights:
+        print(f"{args.checkpoint}: no '{args.weights}' weights (no validation yet?); using '{ck.which}'", file=sys.stderr)
+    model = ck.build_model(args.config_name)
     parent = read_card(args.card_from) if args.card_from else {}
     card = {k: v for k, v in parent.items() if k not in ("version", "created", "metrics", "steps", "train_seconds", "note")}
-    card.update(loaded.card)
+    card.update(ck.card())
     card["parent"] = parent.get("version")
-    card["steps"] = int(parent.get("steps") or 0) + int(loaded.card["checkpoint"].get("step") or 0)
-    card["recipe"] = {"parent_recipe": parent.get("recipe"), "stage": run_cfg.get("config")}
+    card["steps"] = int(parent.get("steps") or 0) + ck.step
+    card["recipe"] = {"parent_recipe": parent.get("recipe"), "stage": ck.run_config or None}
     for item in args.set:
         key, _, value = item.partition("=")
         card[key] = parse_value(value)
     if args.note:
         card["note"] = args.note
-    out = save_model(loaded.model, args.out, card)
+    out = save_model(model, args.out, card)
     print(f"wrote {out} (version {read_card(out)['version']}, parent {card['parent']})")
     return 0
 

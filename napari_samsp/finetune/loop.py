@@ -185,11 +185,18 @@ def validate(model: SamModel, examples: Sequence[Example], num_passes: int, batc
     return metrics
 
 
-def _lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
+def lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
+    """The learning rate at ``step``: linear warm-up, then cosine down to 5% of ``cfg.lr``.
+
+    ``time_fraction`` (elapsed / ``max_seconds``) advances the cosine when it is ahead of the steps.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_fraction)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+_lr_at = lr_at  # the old private name
 
 
 def _save_checkpoint(path: Path, model: SamModel, opt: torch.optim.Optimizer, state: TrainState, best: dict | None) -> None:

@@ -366,3 +366,9 @@ def _train_round(model: SamModel, human: list[_Item], pseudo: list[_Item], cfg: 
     for p in model.parameters():
         p.requires_grad_(False)
     return {k: v / max(1, cfg.steps) for k, v in sums.items()}
+
+
+# Public names for recipes that train on pre-encoded items (training/bench_active_learning.py);
+# the private names above stay for the code in this module.
+TrainItem = _Item  # one training image: encoder features, target labels (S, S), valid mask
+train_round = _train_round  # one round of AdamW steps on human + pseudo items; returns mean losses
