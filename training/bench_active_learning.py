@@ -43,13 +43,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import DATA_ROOT, REPO  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from napari_samsp.finetune.checkpoint import load_checkpoint  # noqa: E402
 from napari_samsp.finetune.data import Example, load_examples  # noqa: E402
 from napari_samsp.io import list_pairs, read_splits, write_json_atomic, write_png_atomic  # noqa: E402
 from napari_samsp.metrics import dice as dice_score  # noqa: E402
-from napari_samsp.models import build_model  # noqa: E402
 from napari_samsp.models.checkpoints import DEFAULT_WEIGHTS, LoadedModel, load_model, make_card, save_model  # noqa: E402
 from napari_samsp.models.sam_sp import SamSP  # noqa: E402
 from napari_samsp.predictor import EmbeddingCache, Predictor  # noqa: E402
@@ -58,7 +60,6 @@ from napari_samsp.reward.evidence import EmbeddingPrototypes, pooled_embeddings 
 from napari_samsp.reward.improve import ImproveConfig, TrainItem, train_round, self_improve  # noqa: E402
 from napari_samsp.reward.ranking import diversity_order, score_image  # noqa: E402
 
-DATA_ROOT = Path(os.environ.get("SAMSP_DATA", REPO / ".." / "shared" / "datasets")).resolve()
 FEATURES = ("pred_iou", "stability", "agreement", "boundary", "contrast", "embedding")
 
 
@@ -79,16 +80,16 @@ def pick_base(out: Path) -> LoadedModel:
     ckpts = sorted(REPO.glob("runs/*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
     for ck in reversed(ckpts):
         try:
-            cfg = json.loads((ck.parent / "config.json").read_text())["config"]
-            state = torch.load(ck, map_location="cpu", weights_only=True)
-            model = build_model(cfg["model"])
-            model.load_state_dict(state["best"] or state["model"])
-            step = int(state["state"]["step"])
+            read = load_checkpoint(ck, "best")
+            model = read.build_model()
+            step = read.step
         except Exception as exc:  # a checkpoint being rewritten, another format: try the next
             log(f"cannot use {ck}: {exc}")
             continue
-        card = {"mode": "semantic", "num_passes": int(cfg.get("objective", {}).get("num_passes", 2)),
+        card = {"mode": "semantic", "num_passes": read.num_passes,
                 "steps": step, "note": f"snapshot of {ck} at step {step} (training in progress)"}
+        if read.preprocessing:
+            card["preprocessing"] = read.preprocessing
         save_model(model.eval(), snap, make_card(model.config, card))
         log(f"base: snapshot of {ck} at step {step} -> {snap}")
         return load_model(str(snap), device="cpu")

@@ -26,12 +26,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see tests/c
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DATA_ROOT, machine, set_threads  # noqa: E402
 
 LOOSE = dict(pred_iou_thresh=0.01, stability_score_thresh=0.3)
 
@@ -191,10 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     ap.add_argument("--embed-repeats", type=int, default=None, help="timed embeddings (default: --repeats)")
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("SAMSP_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")))
+    ap.add_argument("--data", type=Path, default=DATA_ROOT)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     import tempfile
 
     name, image = pick_image(args.data)
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
             "loosened (test)": compare(loaded, sam, image, {**base, **LOOSE}, args.device, args.bf16, args.repeats, args.warmup, args.embed_repeats),
         }
     report = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine(),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "threads": args.threads,

@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -85,7 +89,7 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="samsp-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+    print(f"machine: {machine()} visible, "
           f"threads {args.threads}, device {args.device}, python {platform.python_version()}")
     print("| image | path | tiles | time (s) | s / tile | peak RSS (MiB) | exit |")
     print("|---|---|---|---|---|---|---|")

@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see tests/c
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import sys  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -26,6 +26,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DATA_ROOT, machine, set_threads  # noqa: E402
 
 
 def _load(spec: str | None):
@@ -139,14 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=5, help="timed repetitions of the fast steps")
     ap.add_argument("--n-auto", type=int, default=2, help="timed repetitions of prompt-free segmentation")
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("SAMSP_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")))
+    ap.add_argument("--data", type=Path, default=DATA_ROOT)
     ap.add_argument("--images", nargs="*", default=None, help="DSB stems to use instead of the automatic choice")
     ap.add_argument("--amg-points", type=int, default=32, help="points_per_side of upstream's SamAutomaticMaskGenerator (0 = skip)")
     ap.add_argument("--fast-only", action="store_true", help="only embedding, cache and click timings")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     from napari_samsp.autoseg import segment, segment_image
     from napari_samsp.predictor import EmbeddingCache, Predictor
 
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model_id": model_id,
         "img_size": s,
         "threads": args.threads,
-        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu": machine(),
         "torch": torch.__version__,
         "n": args.n,
         "rows": [],

@@ -23,12 +23,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
+import sys  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, set_threads  # noqa: E402
 
 from napari_samsp.models import build_model  # noqa: E402
 from napari_samsp.models.build import MODEL_CONFIGS, SamConfig  # noqa: E402
@@ -109,7 +114,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="member names to run (default: all)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     rows = []
     for name, cfg in members().items():
         if args.only and name not in args.only:
@@ -126,8 +131,7 @@ def main() -> None:
             flush=True,
         )
     meta = {
-        "threads": args.threads, "n": args.n, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+        "threads": args.threads, "n": args.n, "torch": torch.__version__, "machine": machine(), "loadavg": os.getloadavg(),
     }
     print(json.dumps(meta))
     if args.out:

@@ -15,10 +15,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import set_threads  # noqa: E402
 
 from napari_samsp.finetune.loop import configure_trainable  # noqa: E402
 from napari_samsp.finetune.objective import ObjectiveConfig, SelfPromptObjective  # noqa: E402
@@ -34,7 +40,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     model = load_model(args.model, device="cpu").model.train()
     configure_trainable(model, ("encoder", "prompt_encoder", "mask_decoder", "unet"))

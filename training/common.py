@@ -93,3 +93,10 @@ def log_to(path: Path | None) -> Callable[[str], None]:
 
     return log
 
+
+
+def machine() -> str:
+    """The CPU in a few words, for benchmark reports: ``"x86_64, 16 cores"``."""
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"

@@ -14,9 +14,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DATASETS, resolve_data, set_threads  # noqa: E402
 
 from napari_samsp.finetune.data import collate, load_examples, prepare_sample  # noqa: E402
 from napari_samsp.finetune.losses import mask_iou  # noqa: E402
@@ -25,7 +30,6 @@ from napari_samsp.io import list_pairs, read_splits, split_pairs  # noqa: E402
 from napari_samsp.models.checkpoints import load_model  # noqa: E402
 from napari_samsp.transforms import model_preprocessing  # noqa: E402
 
-DATA = Path(os.environ.get("SAMSP_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"))
 
 
 @torch.inference_mode()
@@ -56,14 +60,14 @@ def main() -> None:
     ap.add_argument("--data", action="append", default=None)
     ap.add_argument("--limit", type=int, default=20)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    set_threads(1)
     model = load_model(args.model, device="cpu").model
     report = {}
-    for name in args.data or ["dsb2018_nuclei", "polypgen_polyps", "hc18_fetal_head_us"]:
-        root = DATA / name
+    for name in args.data or list(DATASETS):
+        root = resolve_data(name)
         _, val = split_pairs(list_pairs(root), read_splits(root))
-        report[name] = probe(model, load_examples(val[: args.limit], name))
-        print(name, json.dumps(report[name]), flush=True)
+        report[name] = probe(model, load_examples(val[: args.limit], root.name))
+        print(root.name, json.dumps(report[name]), flush=True)
     print(json.dumps(report))
 
 

@@ -25,6 +25,10 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DATA_ROOT, resolve_data  # noqa: E402, F401  (DATA_ROOT: the old import path)
+
 from napari_samsp.finetune.data import AugmentConfig, load_examples  # noqa: E402
 from napari_samsp.finetune.loop import Callbacks, TrainConfig, train  # noqa: E402
 from napari_samsp.finetune.objective import ObjectiveConfig  # noqa: E402
@@ -32,7 +36,6 @@ from napari_samsp.io import list_pairs, read_splits, split_pairs  # noqa: E402
 from napari_samsp.models import build_model  # noqa: E402
 from napari_samsp.models.build import get_config  # noqa: E402
 
-DATA_ROOT = Path(os.environ.get("SAMSP_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"))
 
 
 def parse_value(text: str):
@@ -52,11 +55,6 @@ def load_config(path: Path | None, overrides: list[str]) -> dict:
             target = target.setdefault(p, {})
         target[leaf] = parse_value(value)
     return cfg
-
-
-def resolve_data(entry: str) -> Path:
-    p = Path(entry)
-    return p if p.is_absolute() or p.exists() else DATA_ROOT / entry
 
 
 def build_examples(cfg: dict, rank: int):
