@@ -1,5 +1,5 @@
-"""A scripted demo session, shared by the screenshot test, ``training/make_screenshot.py`` and
-``training/bench_latency.py``: sample data, model, auto-segmentation, one prompt."""
+"""A scripted demo session, shared by the screenshot test, ``scripts/make_screenshot.py`` and
+``scripts/bench_latency.py``: sample data, model, auto-segmentation, one prompt."""
 
 from __future__ import annotations
 

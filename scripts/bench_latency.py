@@ -1,6 +1,6 @@
 """Interactive latency of the napari annotator: simulated click -> Labels layer updated.
 
-    xvfb-run -a -s "-screen 0 1400x900x24" python training/bench_latency.py [--model default] [--clicks 30]
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/bench_latency.py [--model default] [--clicks 30]
 
 A real napari window with the annotator docked, the synthetic nuclei sample (256 x 256,
 16-bit, plus a 512 x 512 one), the model loaded (default: ``load_model(None)``, the embedded

@@ -1,6 +1,6 @@
 """Screenshot of the annotator in a real napari window, for the docs.
 
-    xvfb-run -a -s "-screen 0 1400x900x24" python training/make_screenshot.py [--model NAME_OR_PATH]
+    xvfb-run -a -s "-screen 0 1400x900x24" python scripts/make_screenshot.py [--model NAME_OR_PATH]
 
 Opens the synthetic nuclei sample, loads the model (default: the embedded default), auto-segments
 in instance mode, adds a positive and a negative prompt and saves the whole window
