@@ -28,6 +28,9 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DATA_ROOT  # noqa: E402
 
 from _upstream_models import upstream_sam  # noqa: E402
 from segment_anything import SamPredictor  # noqa: E402
@@ -78,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = os.environ.get("SAMSP_DATA")
-    imgs = images(Path(data) if data else None)
+    imgs = images(DATA_ROOT if DATA_ROOT.is_dir() else None)
     result = {"machine": f"{os.cpu_count()} CPU threads visible, torch {torch.__version__}, {args.threads} thread(s)", "models": {}}
     for kind in args.models:
         upstream = upstream_sam("vit_b" if kind == "vit_b" else "tiny")
