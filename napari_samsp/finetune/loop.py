@@ -200,6 +200,7 @@ _lr_at = lr_at  # the old private name
 
 
 def _save_checkpoint(path: Path, model: SamModel, opt: torch.optim.Optimizer, state: TrainState, best: dict | None) -> None:
+    """Write the resumable checkpoint atomically; ``finetune.checkpoint.load_checkpoint`` reads it (keep both in step)."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
         {"model": model.state_dict(), "optimizer": opt.state_dict(), "best": best,
