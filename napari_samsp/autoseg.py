@@ -25,7 +25,7 @@ from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
-from .errors import InputImageError, SamspError
+from .errors import SamspError
 from .models.sam_sp import SamSP
 from .predictor import Predictor, as_plane
 from .tiling import blend_weights, merge_instance_tiles, plan_tiles

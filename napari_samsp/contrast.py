@@ -88,6 +88,8 @@ def stretch_limits(data: Any, rgb: bool = False, stack: bool = False) -> Limits 
     spatial = shape[:-1] if rgb else shape
     if any(s == 0 for s in shape):
         raise InputImageError(f"image has zero size (shape {shape})")
+    if isinstance(data, np.ndarray) and np.issubdtype(dtype, np.floating) and not np.isfinite(data).all():
+        raise InputImageError("image contains NaN or infinite values")  # anywhere, not just in the sample
     step = sample_step(math.prod(spatial))
     index: tuple = (slice(None),) * (1 if stack else 0) + (slice(None, None, step),) * 2
     if rgb:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .boxes import mask_to_box
 from .contrast import apply_stretch, stretch_limits
 from .errors import InputImageError, SamspError
 
@@ -182,17 +183,11 @@ def new_label_id(labels: np.ndarray) -> int:
 
 
 def mask_box(mask: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
-    """(x0, y0, x1, y1) around a mask, grown by ``margin`` pixels and clipped; None when empty."""
-    m = np.asarray(mask, bool)
-    rows = np.flatnonzero(m.any(axis=1))
-    if not len(rows):
-        return None
-    cols = np.flatnonzero(m.any(axis=0))
-    h, w = m.shape
-    return np.array(
-        [max(0.0, cols[0] - margin), max(0.0, rows[0] - margin), min(w - 1.0, cols[-1] + margin), min(h - 1.0, rows[-1] + margin)],
-        np.float32,
-    )
+    """(x0, y0, x1, y1) around a mask, grown by ``margin`` pixels and clipped; None when empty.
+
+    Inclusive max, the convention of :mod:`napari_samsp.boxes` (this is :func:`~napari_samsp.boxes.mask_to_box`).
+    """
+    return mask_to_box(mask, margin)
 
 
 def mask_to_logits(predictor, mask: np.ndarray) -> np.ndarray:
