@@ -25,10 +25,11 @@ from skimage.feature import peak_local_max
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
-from .errors import InputImageError, SamspError
+from .errors import SamspError
 from .models.sam_sp import SamSP
 from .predictor import Predictor, as_plane
 from .tiling import blend_weights, merge_instance_tiles, plan_tiles
+from .contrast import apply_stretch, stretch_limits
 from .transforms import split_planes, to_rgb_uint8
 
 __all__ = [
@@ -509,24 +510,15 @@ def mask_transparent(res: AutoSegResult, image: np.ndarray) -> AutoSegResult:
 
 
 def _normalise_stack(planes: list[np.ndarray]) -> list[np.ndarray]:
-    """uint8 planes as they are; other dtypes stretched with percentiles of the whole stack,
-    so every slice gets the same contrast (per-slice stretching would flicker)."""
+    """uint8 planes as they are; other dtypes stretched with percentiles of the whole stack
+    (:mod:`napari_samsp.contrast`), so every slice gets the same contrast (per-slice stretching
+    would flicker) and the plugin's :class:`~napari_samsp.interactive.StackNormaliser` sees the same pixels."""
     if all(p.dtype == np.uint8 for p in planes):
         return planes
-    wide = any(np.asarray(p).dtype.itemsize > 4 for p in planes)  # float64/int64: float32 could overflow
-    stack = np.stack([np.asarray(p, np.float64 if wide else np.float32) for p in planes])
-    if stack.size == 0:
-        raise InputImageError("stack has zero size")
-    if not np.isfinite(stack).all():
-        raise InputImageError("image contains NaN or infinite values")
-    stack *= 0.5  # halved: (hi - lo) of any finite values stays finite
-    lo, hi = np.percentile(stack, (0.5, 99.5))
-    if hi <= lo:
-        lo, hi = float(stack.min()), float(stack.max())
-    if hi <= lo:
-        return [np.zeros(p.shape, np.uint8) for p in planes]
-    with np.errstate(over="ignore"):
-        return [np.clip((p - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8) for p in stack]
+    stack = np.stack([np.asarray(p) for p in planes])
+    rgb = stack.ndim == 4
+    limits = stretch_limits(stack, rgb=rgb, stack=True)
+    return [apply_stretch(p, limits) for p in stack]
 
 
 def segment_stack(

@@ -18,14 +18,12 @@ Stitching, by mode:
   overlap (``tile / 8`` px) are always seen whole; larger ones may be cut at a tile's inner edge
   (``segment_tiled``'s merge joins them; this path does not). Labels are uint32.
 
-Contrast: every tile is stretched with the same percentiles (0.5, 99.5) as
-:func:`~napari_samsp.transforms.to_rgb_uint8`, computed from a regular subsample of at most
-about 4 M pixels instead of every pixel.
+Contrast: every tile is stretched with the whole image's limits from :mod:`napari_samsp.contrast`
+(the one stretch every path uses; the same regular subsample above about 4 M pixels), read band by band.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .contrast import Limits, apply_stretch, limits_of_sample, sample_step
 from .errors import InputImageError
 from .io import TIFF_SUFFIXES, write_atomic
 from .tiling import blend_weights, plan_tiles
@@ -41,13 +40,6 @@ from .transforms import to_rgb_uint8
 __all__ = ["HUGE_PIXELS", "check_lazy", "is_huge", "open_lazy", "segment_to_tiff"]
 
 HUGE_PIXELS = 48 * 2**20  # above ~50 M pixels (e.g. 7000 x 7000) images are streamed tile by tile
-_SAMPLE_PIXELS = 4 * 2**20
-
-
-def _wide(dtype: np.dtype) -> bool:
-    return dtype.itemsize > 4 or dtype in (np.dtype(np.int32), np.dtype(np.uint32))
-
-
 def header_shape(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
     """(shape, dtype) of an image from its header alone; None when the format is not probed here."""
     if path.suffix.lower() in TIFF_SUFFIXES:
@@ -136,32 +128,25 @@ def check_lazy(path: Path, source: Any) -> None:
                 raise InputImageError(f"{path}: image contains NaN or infinite values (rows {y0}-{y1})")
 
 
-def _stretch(source: Any) -> tuple[float, float] | None:
-    """(lo, hi) of the halved values, like ``to_rgb_uint8``, from a regular subsample; None for uint8/bool."""
+def _stretch(source: Any) -> Limits | None:
+    """:func:`napari_samsp.contrast.stretch_limits` of a lazy source, read band by band; None for uint8/bool."""
     dtype = np.dtype(source.dtype)
     if dtype in (np.dtype(np.uint8), np.dtype(bool)):
         return None
     h, w = int(source.shape[0]), int(source.shape[1])
-    step = max(1, math.ceil(math.sqrt(h * w / _SAMPLE_PIXELS)))
+    step = sample_step(h * w)
     parts = [np.asarray(source[y0:y1:step, ::step]) for y0, y1 in _bands(h, 1024 * step)]
-    sample = np.concatenate(parts).astype(np.float64 if _wide(dtype) else np.float32) * 0.5
-    lo, hi = np.percentile(sample, (0.5, 99.5))
-    if hi <= lo:
-        lo, hi = float(sample.min()), float(sample.max())
-    return float(lo), float(hi)
+    sample = np.concatenate(parts)
+    if sample.ndim == 3:
+        sample = sample[..., :3]  # alpha left out, as for in-memory images
+    return limits_of_sample(sample)
 
 
-def _to_rgb(tile: np.ndarray, stretch: tuple[float, float] | None) -> np.ndarray:
+def _to_rgb(tile: np.ndarray, stretch: Limits | None) -> np.ndarray:
     """One tile -> (h, w, 3) uint8 with the whole image's contrast."""
     if stretch is None:
         return to_rgb_uint8(tile)
-    lo, hi = stretch
-    if hi <= lo:
-        return to_rgb_uint8(np.zeros(tile.shape, np.uint8))
-    t = tile.astype(np.float64 if _wide(tile.dtype) else np.float32) * 0.5
-    with np.errstate(over="ignore"):
-        u8 = np.clip((t - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
-    return to_rgb_uint8(u8)
+    return to_rgb_uint8(apply_stretch(tile, stretch))
 
 
 def _owned(starts: list[int], tile: int, length: int, i: int) -> tuple[int, int]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .boxes import mask_to_box
+from .contrast import apply_stretch, stretch_limits
 from .errors import InputImageError, SamspError
 
 __all__ = [
@@ -71,8 +73,8 @@ class StackNormaliser:
     """uint8 planes for the model, stretched with percentiles of the whole image or stack.
 
     uint8 data passes through unchanged. Other dtypes are stretched between the
-    0.5th and 99.5th percentile of all pixels (like :func:`napari_samsp.transforms.to_rgb_uint8`
-    does for one plane), so slices of a stack share one contrast and a slice
+    0.5th and 99.5th percentile of all pixels (:mod:`napari_samsp.contrast`, as
+    ``samsp segment`` does), so slices of a stack share one contrast and a slice
     embedded for clicking is the very slice auto-segmentation saw.
 
     Args:
@@ -86,20 +88,8 @@ class StackNormaliser:
         self.spatial = spatial_shape(arr.shape, self.rgb)
         self.is_stack = len(self.spatial) == 3
         self._data = arr
-        self.lo = self.hi = None
-        if arr.dtype != np.uint8:
-            if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating) or arr.dtype == bool):
-                raise InputImageError(f"unsupported image dtype {arr.dtype}")
-            sample = arr.astype(np.float32, copy=False)
-            if sample.size > 4_000_000:  # percentiles of a strided sample are plenty for a stretch
-                step = int(np.ceil(sample.size / 4_000_000))
-                sample = sample.reshape(-1)[::step]
-            if not np.isfinite(sample).all():
-                raise InputImageError("the image contains NaN or infinite values")
-            lo, hi = np.percentile(sample, (0.5, 99.5))
-            if hi <= lo:
-                lo, hi = float(sample.min()), float(sample.max())
-            self.lo, self.hi = float(lo), float(hi)
+        # One stretch for the whole image or stack (napari_samsp.contrast): the same pixels as `samsp segment`.
+        self.limits = stretch_limits(arr, rgb=self.rgb, stack=self.is_stack)
 
     @property
     def num_planes(self) -> int:
@@ -115,13 +105,7 @@ class StackNormaliser:
 
     def plane(self, z: int | None = None) -> np.ndarray:
         """The plane as the model sees it: uint8, (H, W) or (H, W, C)."""
-        raw = self.raw_plane(z)
-        if raw.dtype == np.uint8:
-            return raw
-        if self.lo is None or self.hi is None or self.hi <= self.lo:
-            return np.zeros(raw.shape, np.uint8)
-        x = (raw.astype(np.float32) - self.lo) * (255.0 / (self.hi - self.lo))
-        return np.clip(x, 0, 255).round().astype(np.uint8)
+        return apply_stretch(self.raw_plane(z), self.limits)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -199,17 +183,11 @@ def new_label_id(labels: np.ndarray) -> int:
 
 
 def mask_box(mask: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
-    """(x0, y0, x1, y1) around a mask, grown by ``margin`` pixels and clipped; None when empty."""
-    m = np.asarray(mask, bool)
-    rows = np.flatnonzero(m.any(axis=1))
-    if not len(rows):
-        return None
-    cols = np.flatnonzero(m.any(axis=0))
-    h, w = m.shape
-    return np.array(
-        [max(0.0, cols[0] - margin), max(0.0, rows[0] - margin), min(w - 1.0, cols[-1] + margin), min(h - 1.0, rows[-1] + margin)],
-        np.float32,
-    )
+    """(x0, y0, x1, y1) around a mask, grown by ``margin`` pixels and clipped; None when empty.
+
+    Inclusive max, the convention of :mod:`napari_samsp.boxes` (this is :func:`~napari_samsp.boxes.mask_to_box`).
+    """
+    return mask_to_box(mask, margin)
 
 
 def mask_to_logits(predictor, mask: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ __all__ = [
     "normalise_labels",
     "pixel_hash",
     "read_image",
+    "colour_labels",
     "read_mask",
     "read_pair",
     "read_splits",
@@ -202,15 +203,33 @@ def normalise_labels(array: np.ndarray, what: str = "mask") -> tuple[np.ndarray,
     return arr.astype(out_dtype), False
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask file as a 2D label image (0 = background).
+def colour_labels(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colour-coded mask -> (H, W) int64 labels: one label per distinct colour, black = 0.
 
-    Binary masks (0/255, 0/1, bool) become {0, 1}; instance labels keep their values.
-    The result is uint16 unless the labels need a wider type. Palette PNGs give their
-    indices. A gray mask saved with identical R, G, B channels is accepted as gray.
+    Labels are 1..n in the sorted order of the colours (as ``np.unique`` sorts RGB rows).
+    """
+    colours, inv = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    black = ~colours.any(axis=1)
+    ids = np.cumsum(~black).astype(np.int64)  # 1..n over the non-black colours
+    ids[black] = 0
+    return ids[inv.reshape(rgb.shape[:2])]
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask file as a 2D label image (0 = background); the one reader of masks.
+
+    The training data, the annotation store, the napari reader and ``samsp evaluate`` all read
+    masks here, so they agree on every file:
+
+    * binary masks (0/255, 0/1, bool) become {0, 1}; instance labels keep their values;
+    * palette PNGs give their indices; gray+alpha keeps the gray channel;
+    * RGB(A) masks whose R, G, B agree are gray; other colour masks are colour-coded labels:
+      one label per distinct colour, black = background (:func:`colour_labels`).
+
+    The result is uint16 unless the labels need a wider type.
 
     Raises:
-        InputImageError: missing/corrupt file, colour (RGB) masks, or values that are not labels.
+        InputImageError: missing/corrupt file, not 2D, or values that are not labels.
     """
     path = Path(path)
     if not path.exists():
@@ -226,15 +245,13 @@ def read_mask(path: str | Path) -> np.ndarray:
             with Image.open(path) as im:
                 im.load()
                 array = np.asarray(im)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad mask file: one line
             raise InputImageError(f"cannot read mask {path}: {_one_line(exc)}") from exc
-    if array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4):
-        colour = array[..., : min(3, array.shape[-1])] if array.shape[-1] != 2 else array[..., :1]
-        if not (colour == colour[..., :1]).all():
-            raise InputImageError(
-                f"mask {path} is a colour (RGB) image; expected a 2D mask (binary 0/255 or integer labels)"
-            )
+    if array.ndim == 3 and array.shape[-1] in (1, 2):
         array = array[..., 0]
+    elif array.ndim == 3 and array.shape[-1] in (3, 4):
+        colour = array[..., :3]
+        array = colour[..., 0] if (colour == colour[..., :1]).all() else colour_labels(colour)
     if array.ndim != 2 or array.size == 0:
         raise InputImageError(f"mask {path} must be a 2D image, got shape {array.shape}")
     labels, _ = normalise_labels(array, what=f"mask {path}")
@@ -263,7 +280,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as im:
             width, height = im.size
             return int(height), int(width)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - tifffile/PIL header errors have many types: one line for all
         raise InputImageError(f"cannot read image {path}: {_one_line(exc)}") from exc
 
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from .boxes import box_slices
 from .interactive import ObjectEditor, PromptSet
 from .tiling import plan_tiles
 
@@ -59,13 +60,10 @@ class Window(NamedTuple):
 
 def _grown_box(box: np.ndarray, shape: tuple[int, int], margin: float | None) -> tuple[int, int, int, int]:
     """(r0, r1, c0, c1) half-open rows/cols of the (x0, y0, x1, y1) box grown by ``margin``
-    (default: 10 % of its longer side, at least 4 px), clipped to ``shape``."""
+    (default: 10 % of its longer side, at least 4 px), clipped to ``shape`` (:func:`napari_samsp.boxes.box_slices`)."""
     x0, y0, x1, y1 = (float(v) for v in box)
     m = max(4.0, 0.1 * max(x1 - x0, y1 - y0)) if margin is None else float(margin)
-    h, w = shape
-    r0, c0 = max(0, int(np.floor(y0 - m))), max(0, int(np.floor(x0 - m)))
-    r1, c1 = min(h, int(np.ceil(y1 + m)) + 1), min(w, int(np.ceil(x1 + m)) + 1)
-    return r0, r1, c0, c1
+    return box_slices(box, shape, m)
 
 
 def confine_mask(

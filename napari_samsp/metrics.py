@@ -1,6 +1,6 @@
 """Segmentation metrics: Dice, IoU, HD95, instance F1, NoC (clicks to reach an IoU), and folder evaluation.
 
-Pure numpy/scipy (plus imageio for reading PNGs in :func:`evaluate_folders`); importing this
+Pure numpy/scipy (masks are read by :func:`napari_samsp.io.read_mask`, re-exported here); importing this
 module never imports torch, so ``samsp evaluate`` stays fast.
 
 Conventions (chosen so that means over a data set never see NaN):
@@ -24,6 +24,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from .errors import DataLayoutError, InputImageError
+from .io import read_mask  # the one mask reader (colour masks -> labels), re-exported
 
 __all__ = [
     "dice",
@@ -426,37 +427,6 @@ def summarize(values: Iterable[float]) -> dict:
     if arr.size == 0:
         return {"mean": float("nan"), "std": float("nan"), "n": 0}
     return {"mean": float(arr.mean()), "std": float(arr.std()), "n": int(arr.size)}
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask PNG as a 2D integer array: binary 0/255 or 0/1, or uint16 instance labels.
-
-    Gray+alpha keeps the gray channel; RGB(A) masks whose colour channels agree keep one channel;
-    other colour masks get one label per distinct colour (black = background).
-    """
-    import imageio.v3 as iio  # imageio comes with scikit-image
-
-    try:
-        arr = np.asarray(iio.imread(path))
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input file
-        raise InputImageError(f"cannot read mask {path}: {exc}") from exc
-    if arr.ndim == 3 and arr.shape[-1] == 2:
-        arr = arr[..., 0]
-    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        rgb = arr[..., :3]
-        if np.all(rgb == rgb[..., :1]):
-            arr = rgb[..., 0]
-        else:
-            colours, inv = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
-            inv = inv.reshape(rgb.shape[:2])
-            black = np.flatnonzero(~colours.any(axis=1))
-            lab = inv.astype(np.int64) + 1
-            if black.size:
-                lab[inv == black[0]] = 0
-            arr = lab
-    if arr.ndim != 2:
-        raise InputImageError(f"mask {path} is not a 2D image (shape {arr.shape})")
-    return _as_labels(arr, str(path))
 
 
 def _mask_dir(root: Path) -> Path:

@@ -259,6 +259,8 @@ class EmbeddingCache:
             "digests": {name: _array_digest(a) for name, a in arrays.items()},
             "created": time.time(),
         }
+        # A folder (zarr group), not a file, so not io.write_atomic: it is published with one
+        # os.replace and, being a disposable cache, not fsynced; a racing writer's entry wins.
         tmp = parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             _zarr_write_group(tmp, arrays, json.loads(json.dumps(attrs)))

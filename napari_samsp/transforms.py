@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from .contrast import apply_stretch, stretch_limits
 from .errors import InputImageError
 
 SAM_PREPROCESSING = "sam"
@@ -99,8 +100,9 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """One 2D image (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA of any numeric dtype -> (H, W, 3) uint8.
 
     uint8 is kept as is. Other integer and float images are stretched between
-    their 0.5th and 99.5th percentiles, so 16-bit microscopy and float data use
-    the full range without single hot pixels dominating.
+    their 0.5th and 99.5th percentiles (:mod:`napari_samsp.contrast`, the one stretch every
+    path uses), so 16-bit microscopy and float data use the full range without single hot
+    pixels dominating.
 
     Raises:
         InputImageError: empty, non-finite, or of a shape that is not one 2D image.
@@ -116,25 +118,14 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
         arr = arr[..., :3]
     elif arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    elif not (arr.ndim == 3 and arr.shape[-1] == 3):
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
         raise InputImageError(
             f"expected one 2D image (H, W), (H, W, 3) or (H, W, 4), got shape {tuple(np.asarray(image).shape)}"
         )
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise InputImageError("image contains NaN or infinite values")
-    # Halved, in float64 where float32 could overflow: (hi - lo) of any finite values stays finite.
-    arr = arr.astype(np.float64 if arr.dtype.itemsize > 4 or arr.dtype == np.int32 or arr.dtype == np.uint32 else np.float32) * 0.5
-    lo, hi = np.percentile(arr, (0.5, 99.5))
-    if hi <= lo:
-        lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    with np.errstate(over="ignore"):  # values far above hi become inf, then 255
-        return np.clip((arr - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
+    u8 = apply_stretch(arr, stretch_limits(arr, rgb=arr.ndim == 3))
+    if u8.ndim == 2:
+        u8 = np.repeat(u8[..., None], 3, axis=-1)
+    return np.ascontiguousarray(u8)
 
 
 def split_planes(image: np.ndarray, rgb: bool | None = None) -> tuple[list[np.ndarray], bool]:

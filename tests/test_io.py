@@ -116,11 +116,14 @@ def test_read_mask_binary_and_instance(tmp_path):
     np.testing.assert_array_equal(read_mask(write_png_atomic(tmp_path / "u8.png", small_labels)), small_labels)
 
 
-def test_read_mask_rejects_colour_but_accepts_gray_saved_as_rgb(tmp_path):
+def test_read_mask_colour_gives_labels_and_accepts_gray_saved_as_rgb(tmp_path):
+    # Changed deliberately (issue 12, point 4): colour masks were rejected here but read as labels
+    # by metrics.read_mask; the one read_mask now gives one label per colour, black = background.
     rgb = np.zeros((5, 5, 3), np.uint8)
     rgb[1, 1] = (255, 0, 0)
-    with pytest.raises(InputImageError, match="colour"):
-        read_mask(write_png_atomic(tmp_path / "rgb.png", rgb))
+    rgb[3, 3] = (0, 0, 255)
+    m = read_mask(write_png_atomic(tmp_path / "rgb.png", rgb))
+    assert m.shape == (5, 5) and set(np.unique(m)) == {0, 1, 2} and m[1, 1] != m[3, 3] and m[0, 0] == 0
     gray = np.zeros((5, 5, 3), np.uint8)
     gray[2:4, 2:4] = 255
     m = read_mask(write_png_atomic(tmp_path / "gray.png", gray))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import SamspError
+from ..io import write_atomic
 from ..models.lora import apply_lora, lora_parameters
 from ..models.sam_model import SamModel
 from ..models.sam_sp import SamSP
@@ -201,15 +201,13 @@ _lr_at = lr_at  # the old private name
 
 def _save_checkpoint(path: Path, model: SamModel, opt: torch.optim.Optimizer, state: TrainState, best: dict | None) -> None:
     """Write the resumable checkpoint atomically; ``finetune.checkpoint.load_checkpoint`` reads it (keep both in step)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {"model": model.state_dict(), "optimizer": opt.state_dict(), "best": best,
-         "state": {"step": state.step, "best_val": state.best_val, "best_step": state.best_step, "history": state.history}},
-        tmp,
-    )
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    payload = {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "best": best,
+        "state": {"step": state.step, "best_val": state.best_val, "best_step": state.best_step, "history": state.history},
+    }
+    # The one atomic writer: unique temporary file, fsync, rename, folder fsync (the old fixed
+    # ``<name>.tmp`` could collide between two runs writing the same checkpoint).
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _is_main() -> bool:

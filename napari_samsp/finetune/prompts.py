@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..boxes import box_edges, mask_to_box
+
 
 @dataclass
 class PromptBatch:
@@ -38,8 +40,8 @@ def _random_pixel(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _box(mask: torch.Tensor) -> torch.Tensor:
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+    """(4,) continuous extent (x0, y0, x1 + 1, y1 + 1) of a non-empty (S, S) mask (:func:`napari_samsp.boxes.box_edges`)."""
+    return torch.from_numpy(box_edges(mask_to_box(mask.cpu().numpy()))).to(mask.device)
 
 
 def simulate_prompts(
@@ -262,8 +264,7 @@ def simulate_interactive_prompts(
             if name == "propagate":
                 prev = perturbed_mask(m, gen)
                 area = float(prev.sum())
-                box = torch.from_numpy(mask_box(prev.numpy(), margin=max(2.0, 0.1 * area**0.5))).float()
-                box[2:] += 1  # mask_box gives the last pixel; boxes here end one past it
+                box = torch.from_numpy(box_edges(mask_box(prev.numpy(), margin=max(2.0, 0.1 * area**0.5))))
                 low = mask_logits_low_res(prev, low_res, mask_logit)
             rows["idx"].append(i)
             rows["tgt"].append(m.float())

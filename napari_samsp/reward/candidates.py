@@ -29,6 +29,7 @@ from segment_anything.utils.amg import calculate_stability_score
 
 from ..models.sam_sp import SamSP
 from ..predictor import Predictor, as_plane
+from ..boxes import mask_to_box
 from ..transforms import to_rgb_uint8
 
 __all__ = ["CandidateSet", "generate_candidates", "object_candidates", "prepare_image", "mask_box"]
@@ -81,12 +82,13 @@ def prepare_image(image: np.ndarray, max_side: int | None = 512) -> np.ndarray:
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:
-    """(4,) x0, y0, x1, y1 around a mask on its grid; the whole image when empty."""
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
+    """(4,) x0, y0, x1, y1 around a mask on its grid (inclusive max, :mod:`napari_samsp.boxes`);
+    the whole image when empty."""
+    box = mask_to_box(mask)
+    if box is None:
+        h, w = mask.shape
         return np.array([0, 0, w - 1, h - 1], np.float32)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+    return box
 
 
 def _jitter(box: np.ndarray, shape: tuple[int, int], rng: np.random.Generator, frac: float) -> np.ndarray:
