@@ -29,6 +29,7 @@ from train import parse_value  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    from napari_samsp.models.card import ModelCard
     from napari_samsp.models.checkpoints import read_card, save_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,12 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     run_cfg = json.loads(run_cfg_file.read_text()) if run_cfg_file.is_file() else {}
     config_name = args.config_name or run_cfg.get("config", {}).get("model", "samunet_tiny")
     loaded = load_checkpoint(args.checkpoint, config_name, args.weights)
-    parent = read_card(args.card_from) if args.card_from else {}
-    card = {k: v for k, v in parent.items() if k not in ("version", "created", "metrics", "steps", "train_seconds", "note")}
+    parent = ModelCard.from_dict(read_card(args.card_from) if args.card_from else {})
+    # the parent's card minus its own history (ModelCard.child), the run's fields over it
+    card = parent.child(training_data=parent.training_data).to_dict() if args.card_from else {}
     card.update(loaded.card)
-    card["parent"] = parent.get("version")
-    card["steps"] = int(parent.get("steps") or 0) + int(loaded.card["checkpoint"].get("step") or 0)
-    card["recipe"] = {"parent_recipe": parent.get("recipe"), "stage": run_cfg.get("config")}
+    card["parent"] = parent.version
+    card["steps"] = parent.steps + int(loaded.card["checkpoint"].get("step") or 0)
+    card["recipe"] = {"parent_recipe": parent.to_dict().get("recipe"), "stage": run_cfg.get("config")}
     for item in args.set:
         key, _, value = item.partition("=")
         card[key] = parse_value(value)
