@@ -55,9 +55,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import SamspError, WeightsError
 from ..io import fsync_dir
 from ..transforms import (
-    LEGACY_PREPROCESSING,
     SAM_PREPROCESSING,
-    check_preprocessing,
     model_preprocessing,
     set_model_preprocessing,
 )
@@ -950,7 +948,7 @@ def load_safetensors_model(path: str | os.PathLike[str]) -> tuple[SamModel, dict
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"cannot read {p}: not a valid safetensors file (corrupt or truncated?): {_one_line(str(exc))}") from exc
     try:
-        ModelCard.from_dict(card)  # the typed view every reader uses must exist (training_data entries, ...)
+        typed = ModelCard.from_dict(card)  # the typed view every reader uses must exist (training_data entries, ...)
     except ValueError as exc:
         raise WeightsError(f"{p}: the model card is invalid: {_one_line(str(exc))}; the file was not loaded") from None
     try:
@@ -962,10 +960,7 @@ def load_safetensors_model(path: str | os.PathLike[str]) -> tuple[SamModel, dict
     if missing or unexpected or mismatched:
         raise WeightsError(_describe_misfit(p, config, missing, unexpected, mismatched, state))
     model.load_state_dict(state, strict=True)
-    try:
-        set_model_preprocessing(model, card.get("preprocessing") or LEGACY_PREPROCESSING)
-    except ValueError as exc:
-        raise WeightsError(f"{p}: the model card's {exc}") from None
+    set_model_preprocessing(model, typed.preprocessing)  # a known one: ModelCard checked it
     return model.eval(), card
 
 
@@ -986,8 +981,9 @@ def _load_path(path: Path, trust: bool) -> LoadedModel:
     p = _check_file(path)
     if p.suffix == ".safetensors" or _sniff(p) == "safetensors":
         model, card = load_safetensors_model(p)
-        model_id = str(card.get("version") or _file_digest(p))
-        return LoadedModel(model, card, model_id, str(p), bool(card.get("random", False)))
+        typed = ModelCard.from_dict(card)
+        model_id = str(typed.version or _file_digest(p))
+        return LoadedModel(model, card, model_id, str(p), typed.random)
     obj = _torch_load(p, trust=trust, refusal=_official_refusal)
     extra: dict[str, Any] = {}
     found = _sam_state_in(obj)
