@@ -142,3 +142,34 @@ def test_segment_options_pick_everything_for_foreign_weights_and_the_card_mode_o
     # the old functions are thin wrappers over the typed card
     assert auto_mode(foreign.card) == "everything" and auto_mode(ours) == "instance"
     assert card_segment_options(ours.to_dict()) == SegmentOptions.from_card(ours).kwargs()
+
+
+def test_a_card_whose_typed_view_is_invalid_is_refused_at_load(tmp_path):
+    from napari_samsp.errors import WeightsError
+
+    out = save_model(build_model("micro"), tmp_path / "m.safetensors", {"version": "v"})
+    sidecar = out.with_suffix(".json")
+    bad = {**read_card(out), "training_data": [{"name": "no count"}]}
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(out), out, metadata={"format": "pt", "samsp_card": json.dumps(bad)})
+    sidecar.write_text(json.dumps(bad))
+    with pytest.raises(WeightsError, match="model card is invalid: card training_data entries"):
+        load_model(str(out), device="cpu")
+
+
+def test_a_fine_tuned_version_inherits_how_its_parent_runs(tmp_path):
+    """Fine-tuning builds its card with ModelCard.child: the parent's refine option, passes and
+    licence note carry over (the hand-built card of before dropped refine_instances and extras)."""
+    from test_finetune import job_config, write_disc_layout
+
+    from napari_samsp.finetune.job import finetune_model
+
+    base = load_model("micro", device="cpu")
+    base = dataclasses.replace(base, card={**base.card, "refine_instances": False, "num_passes": 1,
+                                           "license_note": "CC0", "note": "the base's own note"})
+    result = finetune_model(base, [write_disc_layout(tmp_path / "data", n=4)], job_config(2))
+    child = ModelCard.from_dict(result.card)
+    assert child.parent == base.card["version"] and child.refine_instances is False and child.num_passes == 1
+    assert child.preprocessing == base.model_card.preprocessing and child.extra["license_note"] == "CC0"
+    assert "note" not in child.extra and child.steps == 2 and child.extra["finetune"]["lr"] == 1e-3
