@@ -235,7 +235,8 @@ class ModelCard:
         extra = {k: v for k, v in self.extra.items() if k not in PER_VERSION_KEYS}
         extra.update(typed.pop("extra", {}))
         extra.update({k: v for k, v in changes.items() if k not in fields})
-        base = dict(version=None, created=None, parent=self.version, steps=0, metrics={}, training_data=(), random=False)
+        base = dict(version=None, created=None, parent=self.version, steps=0, metrics={}, training_data=(),
+                    random=False)
         return dataclasses.replace(self, **{**base, **typed, "extra": _json_normalised(extra)})
 
 
