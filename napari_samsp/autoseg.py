@@ -26,6 +26,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
 from .errors import SamspError
+from .models.card import DEFAULT_MODE, DEFAULT_NUM_PASSES, ModelCard, SegmentOptions, as_model_card
 from .models.sam_sp import SamSP
 from .predictor import Predictor, as_plane
 from .tiling import blend_weights, merge_instance_tiles, plan_tiles
@@ -34,6 +35,7 @@ from .transforms import split_planes, to_rgb_uint8
 
 __all__ = [
     "AutoSegResult",
+    "SegmentOptions",
     "SegmentationCancelled",
     "auto_mode",
     "card_segment_options",
@@ -81,7 +83,7 @@ def _check_args(mode: str, threshold: float, num_passes: int | None) -> int:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    k = 2 if num_passes is None else int(num_passes)
+    k = DEFAULT_NUM_PASSES if num_passes is None else int(num_passes)
     if k < 1:
         raise ValueError(f"num_passes must be >= 1, got {num_passes}")
     return k
@@ -256,19 +258,22 @@ def _refine_instances(
     return owner, obj_scores
 
 
-def auto_mode(card: dict | None) -> str:
+def auto_mode(card: ModelCard | dict | None) -> str:
     """The automatic mode a model card asks for: one of :data:`AUTO_MODES`.
 
     Our self-prompting models carry "semantic" or "instance"; the loader writes
     "everything" into the card of weights never trained to self-prompt (official
-    SAM, MedSAM, micro-sam, ...). A card without a valid mode means "semantic".
+    SAM, MedSAM, micro-sam, ...). A card without a valid mode means the default
+    (:data:`~napari_samsp.models.card.DEFAULT_MODE`, "semantic").
     The CLI and the plugin both take their default mode from here.
     """
-    mode = (card or {}).get("mode")
-    return mode if mode in AUTO_MODES else "semantic"
+    try:
+        return as_model_card(card).mode
+    except ValueError:  # an invalid card (only hand-made ones: loaded cards are validated)
+        return DEFAULT_MODE
 
 
-def finetuned_mode(base_card: dict | None, has_instances: bool, kept_base: bool = False) -> str:
+def finetuned_mode(base_card: ModelCard | dict | None, has_instances: bool, kept_base: bool = False) -> str:
     """The mode for the card of a model fine-tuned (SAM-SP) from a base with ``base_card``.
 
     A base in everything-mode has learnt to self-prompt once fine-tuned: "instance"
@@ -281,32 +286,24 @@ def finetuned_mode(base_card: dict | None, has_instances: bool, kept_base: bool 
     return "instance" if has_instances else "semantic"
 
 
-def card_segment_options(card: dict | None, mode: str | None = None) -> dict:
+def card_segment_options(card: ModelCard | dict | None, mode: str | None = None) -> dict:
     """Keyword arguments for :func:`segment_image` that a model card fixes for its model in ``mode``.
 
-    ``mode`` defaults to :func:`auto_mode`. Self-prompting modes:
-    ``num_passes``, the self-prompting passes the model was trained with, and
-    ``refine_instances``: False for a model whose prompted path does worse than
-    its watershed objects (the card of such a model says so; default True).
-    Everything-mode: the card's optional ``everything`` dict of
+    A thin wrapper: ``SegmentOptions.from_card(card, mode).kwargs()`` (see
+    :class:`~napari_samsp.models.card.SegmentOptions`). ``mode`` defaults to the card's.
+    Self-prompting modes: ``num_passes``, the passes the model was trained with, and
+    ``refine_instances`` (False for a model whose prompted path does worse than its
+    watershed objects). Everything-mode: the card's ``everything`` dict of
     :class:`~napari_samsp.everything.EverythingOptions` fields.
     """
-    card = card or {}
-    if (mode or auto_mode(card)) == "everything":
-        return dict(card.get("everything") or {})
-    opts: dict = {}
-    if card.get("num_passes"):
-        opts["num_passes"] = int(card["num_passes"])
-    if "refine_instances" in card:
-        opts["refine_instances"] = bool(card["refine_instances"])
-    return opts
+    return SegmentOptions.from_card(card, mode).kwargs()
 
 
 def segment(
     predictor: Predictor,
     image: np.ndarray | None = None,
     mode: str = "semantic",
-    num_passes: int | None = 2,
+    num_passes: int | None = DEFAULT_NUM_PASSES,
     use_points: bool = False,
     threshold: float = 0.5,
     min_size: int = 8,
@@ -399,7 +396,7 @@ def segment_tiled(
     """
     threshold = float(kwargs.get("threshold", 0.5))
     min_size = int(kwargs.get("min_size", 8))
-    _check_args(mode, threshold, kwargs.get("num_passes", 2))
+    _check_args(mode, threshold, kwargs.get("num_passes"))
     rgb = _normalise_2d(image)
     h, w = rgb.shape[:2]
     _, default_tile, _ = default_tiling(predictor.model.img_size)

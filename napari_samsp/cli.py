@@ -47,15 +47,15 @@ def _load(args):
 
 def cmd_models(args) -> int:
     from .models.build import describe_models
+    from .models.card import ModelCard
     from .models.checkpoints import DEFAULT_WEIGHTS, read_card
-    from .transforms import LEGACY_PREPROCESSING
 
     if DEFAULT_WEIGHTS.is_file():
-        card = read_card(DEFAULT_WEIGHTS)
-        data = ", ".join(f"{d['name']} ({d['count']})" for d in card.get("training_data", []))
-        print(f"{'default':<16} embedded default model: {card['config']['name']}, mode {card.get('mode')}, "
-              f"K={card.get('num_passes')}, preprocessing {card.get('preprocessing') or LEGACY_PREPROCESSING}, "
-              f"trained {card.get('steps')} steps on {data}")
+        card = ModelCard.from_dict(read_card(DEFAULT_WEIGHTS))
+        data = ", ".join(f"{d['name']} ({d['count']})" for d in card.training_data)
+        print(f"{'default':<16} embedded default model: {card.config_name}, mode {card.mode}, "
+              f"K={card.num_passes}, preprocessing {card.preprocessing}, "
+              f"trained {card.steps} steps on {data}")
     else:
         print(f"{'default':<16} (no embedded weights in this installation: a random 'tiny' model is used)")
     for name, desc in describe_models():
@@ -98,7 +98,7 @@ def _check_input(path: Path, image) -> None:
 
 
 def cmd_segment(args) -> int:
-    from .autoseg import auto_mode, card_segment_options
+    from .autoseg import SegmentOptions
     from .io import find_images, read_image, write_png_atomic, write_tiff_atomic
     from .predictor import EmbeddingCache, Predictor
 
@@ -125,8 +125,8 @@ def cmd_segment(args) -> int:
         images.append(img if kept <= 512 * 2**20 and p not in huge else None)
         del img
     loaded = _load(args)
-    mode = args.mode or auto_mode(loaded.card)
-    options = card_segment_options(loaded.card, mode)
+    mode = args.mode or loaded.model_card.mode
+    options = SegmentOptions.from_card(loaded.model_card, mode).kwargs()
     if args.passes and mode != "everything":
         options["num_passes"] = args.passes
     if args.points_per_side is not None and mode == "everything":
@@ -223,7 +223,7 @@ def cmd_rank(args) -> int:
     from .work_queue import rank_options
 
     # The plugin's ranked queue uses the same options (rank_options): both give the same order.
-    for row in rank_paths(predictor, paths, **rank_options(loaded.card, args.mode, args.store)):
+    for row in rank_paths(predictor, paths, **rank_options(loaded.model_card, args.mode, args.store)):
         print(json.dumps(row), flush=True)
     return 0
 

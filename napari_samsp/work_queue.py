@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import DataLayoutError
 from .io import IMAGE_SUFFIXES, find_images
+from .models.card import DEFAULT_MODE, ModelCard, as_model_card
 
 __all__ = ["MASK_NAME_SUFFIXES", "WorkQueue", "find_existing_mask", "order_images", "rank_options", "ranking_available"]
 
@@ -62,18 +63,18 @@ def ranking_available() -> bool:
     return True
 
 
-def rank_options(card: dict | None, mode: str | None = None, store=None) -> dict:
+def rank_options(card: ModelCard | dict | None, mode: str | None = None, store=None) -> dict:
     """The ranking options the plugin and ``samsp rank`` share, so both order images alike.
 
-    ``mode``: the segmentation mode whose masks are scored (default: the model card's mode, else
-    semantic); ``num_passes``: the card's; ``store``: the annotation store (path or store) that
-    calibrates the expected Dice, or None.
+    ``mode``: the segmentation mode whose masks are scored (default: the model card's mode when it
+    self-prompts, else semantic); ``num_passes``: the card's; ``store``: the annotation store (path or
+    store) that calibrates the expected Dice, or None.
     """
-    card = card or {}
-    chosen = mode or (card.get("mode") if card.get("mode") in ("semantic", "instance") else "semantic")
+    mc = as_model_card(card)
+    chosen = mode or (mc.mode if mc.mode in ("semantic", "instance") else DEFAULT_MODE)
     if chosen not in ("semantic", "instance"):
         raise ValueError(f"mode must be semantic or instance, got {chosen!r}")
-    return {"mode": chosen, "num_passes": int(card.get("num_passes") or 2), "store": store}
+    return {"mode": chosen, "num_passes": mc.num_passes, "store": store}
 
 
 def order_images(paths: Sequence[Path], predictor=None, rows: list | None = None, **rank_kwargs) -> list[Path]:

@@ -160,8 +160,8 @@ def main(out_dir: Path) -> int:
         # Fine-tuning kept the base (no step beat it on validation), so there is no version to switch
         # to: save the current weights as one, standing for a version made earlier.
         loaded = widget.session.loaded
-        card = {k: v for k, v in loaded.card.items() if k != "version"}
-        versions.add(loaded.model, {**card, "parent": loaded.card.get("version")})
+        base = loaded.model_card
+        versions.add(loaded.model, base.child(steps=base.steps, training_data=base.training_data).to_dict())
         widget.train_panel.refresh_versions()
     if versions.list():
         show_sections("Fine-tune", "Model")

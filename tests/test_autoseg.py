@@ -426,6 +426,7 @@ def test_stack_of_float_planes_is_normalised_jointly(micro_model):
 def test_card_segment_options():
     from napari_samsp.autoseg import card_segment_options
 
-    assert card_segment_options(None) == {}
-    assert card_segment_options({"num_passes": 3, "mode": "instance"}) == {"num_passes": 3}
+    # every option is explicit now: the card's defaults (models/card.py), not segment()'s
+    assert card_segment_options(None) == {"num_passes": 2, "refine_instances": True}
+    assert card_segment_options({"num_passes": 3, "mode": "instance"}) == {"num_passes": 3, "refine_instances": True}
     assert card_segment_options({"num_passes": 2, "refine_instances": False}) == {"num_passes": 2, "refine_instances": False}

@@ -29,6 +29,7 @@ from napari_samsp.finetune.checkpoint import load_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    from napari_samsp.models.card import ModelCard
     from napari_samsp.models.checkpoints import read_card, save_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,12 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     if ck.which != args.weights:
         print(f"{args.checkpoint}: no '{args.weights}' weights (no validation yet?); using '{ck.which}'", file=sys.stderr)
     model = ck.build_model(args.config_name)
-    parent = read_card(args.card_from) if args.card_from else {}
-    card = {k: v for k, v in parent.items() if k not in ("version", "created", "metrics", "steps", "train_seconds", "note")}
+    parent = ModelCard.from_dict(read_card(args.card_from) if args.card_from else {})
+    # the parent's card minus its own history (ModelCard.child), the run's fields over it
+    card = parent.child(training_data=parent.training_data).to_dict() if args.card_from else {}
     card.update(ck.card())
-    card["parent"] = parent.get("version")
-    card["steps"] = int(parent.get("steps") or 0) + ck.step
-    card["recipe"] = {"parent_recipe": parent.get("recipe"), "stage": ck.run_config or None}
+    card["parent"] = parent.version if args.card_from else None
+    card["steps"] = (parent.steps if args.card_from else 0) + ck.step
+    card["recipe"] = {"parent_recipe": parent.to_dict().get("recipe"), "stage": ck.run_config or None}
     for item in args.set:
         key, _, value = item.partition("=")
         card[key] = parse_value(value)

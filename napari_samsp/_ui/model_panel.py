@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..transforms import LEGACY_PREPROCESSING
+from ..models.card import as_model_card
 
 DEFAULT = "default"
 FILE = "file"
@@ -76,30 +76,30 @@ def known_models(versions) -> dict[str, tuple[str, dict]]:
 
 def card_html(loaded, lineage: list[str] | None = None) -> str:
     """A short, readable summary of a model card; ``lineage``: :func:`parent_chain` of it."""
-    card = loaded.card or {}
-    cfg = card.get("config") or {}
+    card = as_model_card(loaded.card)
+    cfg = card.config
     source = str(loaded.source)
     rows = [
         ("source", Path(source).name if ("/" in source or "\\" in source) else source),
-        ("architecture", cfg.get("name", "?") + (" + SAM-UNet branch" if cfg.get("unet") else "")),
-        ("input", f"{card.get('input_size', cfg.get('img_size', '?'))} px, patch {cfg.get('patch_size', '?')}"),
-        ("mode", f"{card.get('mode', 'semantic')}, {card.get('num_passes', '?')} self-prompting passes"),
-        ("preprocessing", str(card.get("preprocessing") or LEGACY_PREPROCESSING)),
-        ("version", str(card.get("version", loaded.model_id))[:24]),
+        ("architecture", str(cfg.get("name", "?")) + (" + SAM-UNet branch" if cfg.get("unet") else "")),
+        ("input", f"{card.input_size or '?'} px, patch {cfg.get('patch_size', '?')}"),
+        ("mode", f"{card.mode}, {card.num_passes} self-prompting passes"),
+        ("preprocessing", card.preprocessing),
+        ("version", str(card.version or loaded.model_id)[:24]),
     ]
     if lineage:
         rows.append(("comes from", " ← ".join(lineage)))
-    elif card.get("parent"):
-        rows.append(("parent", str(card["parent"])[:24]))
-    if card.get("created"):
-        rows.append(("created", str(card["created"])))
-    data = card.get("training_data") or []
+    elif card.parent:
+        rows.append(("parent", str(card.parent)[:24]))
+    if card.created:
+        rows.append(("created", str(card.created)))
+    data = card.training_data
     if data:
         # One data set per line: a long comma-joined line would widen the whole dock.
         rows.append(("trained on", "\n".join(f"{d.get('name')} ({d.get('count')})" for d in data[:4])))
-    if card.get("steps"):
-        rows.append(("steps", str(card["steps"])))
-    metrics = card.get("metrics") or {}
+    if card.steps:
+        rows.append(("steps", str(card.steps)))
+    metrics = card.metrics
     if metrics:
         shown = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)][:4]
         if shown:
@@ -290,7 +290,7 @@ def load_into_session(session, target, device: str, trust: bool, label: str, on_
         if remember_base:
             session.base_target = (target, trust)
         session.set_model(loaded, predictor)
-        msg = f"model loaded: {label} ({loaded.card.get('config', {}).get('name', '?')}, on {predictor.device})"
+        msg = f"model loaded: {label} ({loaded.model_card.config_name or '?'}, on {predictor.device})"
         if loaded.is_random:
             session.messages.warning(msg + " — random weights: masks are meaningless until trained")
         else:

@@ -117,7 +117,7 @@ class QueuePanel(QWidget):
         from ..work_queue import rank_options
 
         # The same options as `samsp rank --mode MODE --store STORE` with this model: the same order.
-        kwargs = rank_options(s.loaded.card if s.loaded is not None else None, self.segment_panel.mode.currentText(),
+        kwargs = rank_options(s.loaded.model_card if s.loaded is not None else None, self.segment_panel.mode.currentText(),
                               s.store_dir if s.store_count() else None)
 
         def work(ctx):

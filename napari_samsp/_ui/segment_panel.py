@@ -194,10 +194,10 @@ class SegmentPanel(QWidget):
 
     # -- segmentation ------------------------------------------------------------------
     def _kwargs(self, mode: str | None = None) -> dict:
-        from ..autoseg import card_segment_options
+        from ..models.card import SegmentOptions
 
         loaded = self.session.loaded
-        return card_segment_options(None if loaded is None else loaded.card, mode or self.mode.currentText())
+        return SegmentOptions.from_card(None if loaded is None else loaded.model_card, mode or self.mode.currentText()).kwargs()
 
     def segment_current(self, preview: bool = False):
         """Auto-segment the current image (or slice of a stack) in a worker; returns the task or None.

@@ -135,21 +135,21 @@ class Session:
 
     @property
     def default_mode(self) -> str:
-        from ..autoseg import auto_mode
+        from ..models.card import DEFAULT_MODE
 
-        return auto_mode(None if self.loaded is None else self.loaded.card)
+        return DEFAULT_MODE if self.loaded is None else self.loaded.model_card.mode
 
     @property
     def official_weights(self) -> bool:
         """Official SAM weights, not fine-tuned (they decode single clicks best with multimask output)."""
-        card = {} if self.loaded is None else (self.loaded.card or {})
-        return bool((card.get("config") or {}).get("official")) and not card.get("steps") and not self.loaded.is_random
+        if self.loaded is None:
+            return False
+        card = self.loaded.model_card
+        return card.official and not card.steps and not self.loaded.is_random
 
     @property
     def num_passes(self) -> int | None:
-        card = {} if self.loaded is None else (self.loaded.card or {})
-        n = card.get("num_passes")
-        return int(n) if n else None
+        return None if self.loaded is None else self.loaded.model_card.num_passes
 
     # -- editing -------------------------------------------------------------------
     def reset_editor(self) -> None:

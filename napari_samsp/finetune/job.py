@@ -45,7 +45,8 @@ def default_finetune_config(steps: int = 300) -> TrainConfig:
         lora_rank=4,
         # focal_alpha -1 as the default model was trained: alpha 0.25 weighs foreground
         # pixels 1:3 and drove fine-tuning on small objects (polyps) to empty masks.
-        objective=ObjectiveConfig(num_passes=2, prompts_per_image=3, click_iterations=1, focal_alpha=-1),
+        # num_passes: the base model's card's (set in finetune_model)
+        objective=ObjectiveConfig(prompts_per_image=3, click_iterations=1, focal_alpha=-1),
         val_every=max(10, steps // 6),
         checkpoint_every=10**9,
         validate_at_start=True,
@@ -105,7 +106,8 @@ def finetune_model(
     """Fine-tune a copy of ``base.model`` on the folders; the base model is not modified."""
     cfg = config or default_finetune_config()
     train_ex, val_ex, counts = load_training_data(data_dirs, val_fraction)
-    num_passes = int(base.card.get("num_passes", cfg.objective.num_passes))
+    base_card = base.model_card
+    num_passes = base_card.num_passes
     cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, num_passes=num_passes))
     before = validate(base.model, val_ex, num_passes)
     device = next(base.model.parameters()).device
@@ -113,18 +115,15 @@ def finetune_model(
     result = train(model, train_ex, val_ex, cfg, callbacks, device=device)
     merge_lora(result.model)
     after = validate(result.model, val_ex, num_passes)
-    card = {
-        "parent": base.card.get("version") or base.source,
-        "mode": base.card.get("mode", "semantic"),
-        "num_passes": num_passes,
-        "training_data": [{"name": k, "count": v} for k, v in counts.items()],
-        "steps": result.state.step,
-        "metrics": {"before": before, "after": after, "best_step": result.state.best_step},
-        "finetune": {"trainable": list(cfg.trainable), "lr": cfg.lr, "batch_size": cfg.batch_size},
-    }
     kept = bool(cfg.validate_at_start and result.state.best_step == 0)
-    card["metrics"]["kept_base"] = kept
-    card["mode"] = finetuned_mode(base.card, any(int(ex.labels.max(initial=0)) > 1 for ex in train_ex), kept)
+    card = base_card.child(
+        parent=base_card.version or base.source,
+        mode=finetuned_mode(base_card, any(int(ex.labels.max(initial=0)) > 1 for ex in train_ex), kept),
+        training_data=[{"name": k, "count": v} for k, v in counts.items()],
+        steps=result.state.step,
+        metrics={"before": before, "after": after, "best_step": result.state.best_step, "kept_base": kept},
+        finetune={"trainable": list(cfg.trainable), "lr": cfg.lr, "batch_size": cfg.batch_size},
+    ).to_dict()
     return FineTuneResult(result.model.eval(), card, before, after, kept)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..models.card import DEFAULT_NUM_PASSES
 from ..models.sam_model import ImageFeatures, SamModel
 from ..models.sam_sp import SamSP
 from .losses import box_outside_loss, distillation_loss, iou_head_loss, segmentation_loss
@@ -17,7 +18,7 @@ from .prompts import corrective_clicks, simulate_interactive_prompts
 class ObjectiveConfig:
     """Loss weights and the self-prompting / prompt-simulation set-up."""
 
-    num_passes: int = 2
+    num_passes: int = DEFAULT_NUM_PASSES
     use_points: bool = False
     pass_weights: tuple[float, ...] | None = None  # default: 1 for every pass
     distill_weight: float = 1.0

@@ -55,14 +55,13 @@ from safetensors.torch import load_file, save_file
 from ..errors import SamspError, WeightsError
 from ..io import fsync_dir
 from ..transforms import (
-    LEGACY_PREPROCESSING,
     SAM_PREPROCESSING,
-    check_preprocessing,
     model_preprocessing,
     set_model_preprocessing,
 )
 from ..tempfiles import sweep_stale, temp_prefix
 from . import validate
+from .card import CARD_FORMAT, ModelCard
 from .build import MODEL_CONFIGS, SamConfig, build_model
 from .lora import LoRALinear, merge_lora
 from .sam_model import SamModel
@@ -83,7 +82,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CARD_FORMAT = "samsp-1"
 CARD_KEY = "samsp_card"
 
 # Looked up at call time (not bound as a default argument) so tests and packagers can redirect it.
@@ -100,12 +98,6 @@ _OFFICIAL_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.p
 
 # Globals that a plain tensor checkpoint references; anything else means pickled Python objects.
 _TENSOR_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.slice")
-
-# "everything": a point-grid automatic mode (napari_samsp.everything) for weights never trained to self-prompt.
-_CARD_MODES = ("semantic", "instance", "everything")
-
-# SamSP's default; a card that does not say otherwise describes a model trained with it.
-_DEFAULT_NUM_PASSES = 2
 
 # The three parts of a SAM state dict, and prefixes that training wrappers put in front of them
 # (DataParallel/DDP ``module.``, micro-sam/torch_em ``sam.``, Lightning ``model.``, torch.compile ``_orig_mod.``).
@@ -132,6 +124,11 @@ class LoadedModel:
     model_id: str
     source: str
     is_random: bool
+
+    @property
+    def model_card(self) -> ModelCard:
+        """The typed view of :attr:`card` (defaults filled; see :mod:`napari_samsp.models.card`)."""
+        return ModelCard.from_dict(self.card)
 
 
 # --------------------------------------------------------------------------- devices
@@ -804,43 +801,25 @@ def _loaded_samunet_repo(state: Mapping[str, torch.Tensor], path: Path) -> Loade
     return LoadedModel(model, card, model_id, str(path), False)
 
 
-def make_card(config: SamConfig, card: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def make_card(config: SamConfig, card: ModelCard | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A complete ``samsp-1`` model card: ``card``'s fields, defaults for the rest.
 
     ``format``, ``config`` and ``input_size`` always describe ``config``; unknown
-    keys are kept. ``preprocessing`` (``"sam"`` or ``"samsp-v1"``, see
-    ``napari_samsp.transforms``) defaults to the legacy ``"samsp-v1"``, which every
-    card written before the field existed describes. The result is JSON-normalised (tuples become lists), so it
-    compares equal to what :func:`read_card` returns.
+    keys are kept; a missing ``version`` and ``created`` are stamped. The other
+    defaults are :class:`~napari_samsp.models.card.ModelCard`'s (e.g. ``preprocessing``
+    ``"samsp-v1"``, which every card written before the field existed describes). The
+    result is JSON-normalised (tuples become lists), so it compares equal to what
+    :func:`read_card` returns.
     """
-    given = dict(card or {})
-    mode = given.get("mode", "semantic")
-    if mode not in _CARD_MODES:
-        raise ValueError(f"card mode must be one of {_CARD_MODES}, got {mode!r}")
-    preprocessing = check_preprocessing(given.get("preprocessing") or LEGACY_PREPROCESSING)
-    training_data = list(given.get("training_data") or [])
-    for entry in training_data:
-        if not isinstance(entry, Mapping) or "name" not in entry or "count" not in entry:
-            raise ValueError(f"card training_data entries need 'name' and 'count', got {entry!r}")
-    out = {
-        **given,
-        "format": CARD_FORMAT,
-        "config": config.to_dict(),
-        "input_size": config.img_size,
-        "version": given.get("version") or uuid.uuid4().hex,
-        "parent": given.get("parent"),
-        "training_data": training_data,
-        "steps": int(given.get("steps") or 0),
-        "metrics": dict(given.get("metrics") or {}),
-        "created": given.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "mode": mode,
-        "num_passes": int(given.get("num_passes") or _DEFAULT_NUM_PASSES),
-        "preprocessing": preprocessing,
-    }
-    try:
-        return json.loads(json.dumps(out))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"model card is not JSON-serialisable: {exc}") from None
+    given = card.to_dict() if isinstance(card, ModelCard) else dict(card or {})
+    typed = ModelCard.from_dict({**given, "format": CARD_FORMAT, "config": config.to_dict(),
+                                 "input_size": config.img_size})
+    stamped = dataclasses.replace(
+        typed,
+        version=typed.version or uuid.uuid4().hex,
+        created=typed.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    return stamped.to_dict()
 
 
 def _temp_beside(target: Path) -> Path:
@@ -860,7 +839,7 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def save_model(model: SamModel, path: str | os.PathLike[str], card: Mapping[str, Any]) -> Path:
+def save_model(model: SamModel, path: str | os.PathLike[str], card: ModelCard | Mapping[str, Any]) -> Path:
     """Write ``model`` as ``.safetensors`` with its card, atomically; returns the path.
 
     The card (completed by :func:`make_card`) is stored in the safetensors
@@ -879,6 +858,8 @@ def save_model(model: SamModel, path: str | os.PathLike[str], card: Mapping[str,
     target = Path(path).expanduser()
     if target.suffix != ".safetensors":
         raise WeightsError(f"model files must end in .safetensors, got {target}")
+    if isinstance(card, ModelCard):
+        card = card.to_dict()
     prep = model_preprocessing(model)
     if card.get("preprocessing") not in (None, prep):
         raise ValueError(
@@ -967,6 +948,10 @@ def load_safetensors_model(path: str | os.PathLike[str]) -> tuple[SamModel, dict
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"cannot read {p}: not a valid safetensors file (corrupt or truncated?): {_one_line(str(exc))}") from exc
     try:
+        typed = ModelCard.from_dict(card)  # the typed view every reader uses must exist (training_data entries, ...)
+    except ValueError as exc:
+        raise WeightsError(f"{p}: the model card is invalid: {_one_line(str(exc))}; the file was not loaded") from None
+    try:
         state = load_file(p)
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"cannot read {p}: not a valid safetensors file (corrupt or truncated?): {_one_line(str(exc))}") from exc
@@ -975,10 +960,7 @@ def load_safetensors_model(path: str | os.PathLike[str]) -> tuple[SamModel, dict
     if missing or unexpected or mismatched:
         raise WeightsError(_describe_misfit(p, config, missing, unexpected, mismatched, state))
     model.load_state_dict(state, strict=True)
-    try:
-        set_model_preprocessing(model, card.get("preprocessing") or LEGACY_PREPROCESSING)
-    except ValueError as exc:
-        raise WeightsError(f"{p}: the model card's {exc}") from None
+    set_model_preprocessing(model, typed.preprocessing)  # a known one: ModelCard checked it
     return model.eval(), card
 
 
@@ -999,8 +981,9 @@ def _load_path(path: Path, trust: bool) -> LoadedModel:
     p = _check_file(path)
     if p.suffix == ".safetensors" or _sniff(p) == "safetensors":
         model, card = load_safetensors_model(p)
-        model_id = str(card.get("version") or _file_digest(p))
-        return LoadedModel(model, card, model_id, str(p), bool(card.get("random", False)))
+        typed = ModelCard.from_dict(card)
+        model_id = str(typed.version or _file_digest(p))
+        return LoadedModel(model, card, model_id, str(p), typed.random)
     obj = _torch_load(p, trust=trust, refusal=_official_refusal)
     extra: dict[str, Any] = {}
     found = _sam_state_in(obj)

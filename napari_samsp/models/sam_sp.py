@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .card import DEFAULT_NUM_PASSES
 from .sam_model import ImageFeatures, SamModel
 
 
@@ -86,7 +87,7 @@ class SamSP(nn.Module):
             mask prompt). Self-distillation already links the passes.
     """
 
-    def __init__(self, model: SamModel, num_passes: int = 2, use_points: bool = False, detach_prompts: bool = True) -> None:
+    def __init__(self, model: SamModel, num_passes: int = DEFAULT_NUM_PASSES, use_points: bool = False, detach_prompts: bool = True) -> None:
         super().__init__()
         if num_passes < 1:
             raise ValueError(f"num_passes must be >= 1, got {num_passes}")

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import WeightsError
 from .build import SamConfig, build_model
+from .card import CARD_MODES, DEFAULT_MODE
 
 __all__ = ["BOUNDS", "check_card", "check_finite", "finish_loaded", "header_shapes", "weights_digest"]
 
@@ -41,7 +42,6 @@ BOUNDS: dict[str, tuple[int, int]] = {
 }
 MAX_GRID = 256  # image-embedding grid side (img_size / patch_size): global attention is quadratic in its square
 MAX_PASSES = 16
-CARD_MODES = ("semantic", "instance", "everything")
 
 
 def _refuse(path: Path | str, what: str) -> WeightsError:
@@ -90,7 +90,7 @@ def check_card(path: Path | str, card: Mapping[str, Any], config: SamConfig, sha
         WeightsError: one line naming the field (or the first mismatching tensors).
     """
     _check_config(path, config)
-    mode = card.get("mode", "semantic")
+    mode = card.get("mode", DEFAULT_MODE)
     if mode not in CARD_MODES:
         raise _refuse(path, f"mode {mode!r} is not one of {', '.join(CARD_MODES)}")
     passes = card.get("num_passes")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from segment_anything.utils.amg import calculate_stability_score
 
+from ..models.card import DEFAULT_NUM_PASSES
 from ..models.sam_sp import SamSP
 from ..predictor import Predictor, as_plane
 from ..boxes import mask_to_box
@@ -146,7 +147,7 @@ def _seed_for(predictor: Predictor) -> int:
 def generate_candidates(
     predictor: Predictor,
     image: np.ndarray | None = None,
-    num_passes: int = 2,
+    num_passes: int = DEFAULT_NUM_PASSES,
     multimask: bool = True,
     num_jitter: int = 2,
     jitter: float = 0.1,

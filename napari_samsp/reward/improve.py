@@ -226,7 +226,8 @@ def self_improve(
         raise DataLayoutError("no unlabeled images to improve on")
     train_ex, store_val, _ = load_training_data(store_dirs, max_side=cfg.max_side)
     val_ex = list(val_examples) if val_examples else store_val
-    num_passes = int(base.card.get("num_passes", 2))
+    base_card = base.model_card
+    num_passes = base_card.num_passes
     model = copy.deepcopy(base.model).eval()
     configure_trainable(model, cfg.trainable)
     for p in model.parameters():
@@ -298,17 +299,15 @@ def self_improve(
     n_ok = sum(rep.accepted for rep in reports)
     summary = (f"self-improvement: {n_ok} of {len(reports)} round(s) kept, validation Dice {base_val:.4f} -> {best_val:.4f}"
                if n_ok else f"self-improvement did not help (validation Dice stays {base_val:.4f}); the base model is kept")
-    card = {
-        "parent": base.card.get("version") or base.source,
-        "mode": base.card.get("mode", "semantic"),
-        "num_passes": num_passes,
-        "training_data": [{"name": "self-improvement (unlabeled)", "count": len(images)},
-                          {"name": "corrected masks", "count": len(train_ex)}],
-        "steps": cfg.steps * len(reports),
-        "metrics": {"before": {"dice": base_val}, "after": {"dice": best_val}},
-        "self_improve": {"rounds": [rep.__dict__ for rep in reports], "lam": cfg.reward.lam, "beta": cfg.beta,
-                         "trainable": list(cfg.trainable), "calibrated": calibrated},
-    }
+    card = base_card.child(
+        parent=base_card.version or base.source,
+        training_data=[{"name": "self-improvement (unlabeled)", "count": len(images)},
+                       {"name": "corrected masks", "count": len(train_ex)}],
+        steps=cfg.steps * len(reports),
+        metrics={"before": {"dice": base_val}, "after": {"dice": best_val}},
+        self_improve={"rounds": [rep.__dict__ for rep in reports], "lam": cfg.reward.lam, "beta": cfg.beta,
+                      "trainable": list(cfg.trainable), "calibrated": calibrated},
+    ).to_dict()
     return ImprovementReport(model, card, reports, base_val, best_val, summary, calibrated)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import DataLayoutError
 from ..metrics import dice as dice_score
+from ..models.card import DEFAULT_NUM_PASSES
 from ..predictor import Predictor
 from .calibration import RewardCalibrator, RewardConfig, pool_reward
 from .candidates import CandidateSet, generate_candidates, object_candidates, prepare_image
@@ -89,7 +90,7 @@ def score_image(
     predictor: Predictor,
     image,
     calibrator: RewardCalibrator | None = None,
-    num_passes: int = 2,
+    num_passes: int = DEFAULT_NUM_PASSES,
     tta: bool = False,
     max_side: int | None = 512,
     mode: str = "semantic",
@@ -209,7 +210,7 @@ def store_pairs(store, split: str = "auto", min_samples: int = 5) -> list[tuple[
 
 
 def collect_store_samples(
-    predictor: Predictor, store, num_passes: int = 2, config: RewardConfig | None = None,
+    predictor: Predictor, store, num_passes: int, config: RewardConfig | None = None,
     max_side: int | None = 512, split: str = "auto", limit: int | None = None,
 ) -> StoreSamples:
     """Score the automatic mask of every corrected image and its true Dice against the correction.
@@ -253,7 +254,7 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def fit_calibrator(
-    predictor: Predictor, store, num_passes: int = 2, config: RewardConfig | None = None,
+    predictor: Predictor, store, num_passes: int = DEFAULT_NUM_PASSES, config: RewardConfig | None = None,
     max_side: int | None = 512, split: str = "auto", select_lambda: bool = False,
 ) -> RewardCalibrator:
     """A :class:`RewardCalibrator` for the predictor's model from the corrected masks of ``store``.
@@ -311,7 +312,7 @@ def rank_images(
     images_or_paths: Sequence,
     store=None,
     calibrator: RewardCalibrator | None = None,
-    num_passes: int = 2,
+    num_passes: int = DEFAULT_NUM_PASSES,
     diversity: float | None = 0.9,
     tta: bool = False,
     config: RewardConfig | None = None,
@@ -373,7 +374,7 @@ def rank_images(
     return rows
 
 
-def rank_paths(predictor: Predictor, paths: Sequence, store=None, num_passes: int = 2, select_lambda: bool = True,
+def rank_paths(predictor: Predictor, paths: Sequence, store=None, num_passes: int = DEFAULT_NUM_PASSES, select_lambda: bool = True,
                **kwargs) -> Iterator[dict]:
     """:func:`rank_images` for the CLI: yields JSON-ready rows, lowest expected Dice first.
 
