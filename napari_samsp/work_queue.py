@@ -14,7 +14,7 @@ from .errors import DataLayoutError
 from .io import IMAGE_SUFFIXES, find_images
 from .models.card import DEFAULT_MODE, ModelCard, as_model_card
 
-__all__ = ["MASK_NAME_SUFFIXES", "WorkQueue", "find_existing_mask", "order_images", "rank_options", "ranking_available"]
+__all__ = ["MASK_NAME_SUFFIXES", "WorkQueue", "find_existing_mask", "order_images", "rank_options"]
 
 # Mask files next to their image: Cellpose writes <stem>_cp_masks.png; others <stem>_masks / _mask / _labels.
 MASK_NAME_SUFFIXES = ("_cp_masks", "_masks", "_mask", "_labels")
@@ -54,15 +54,6 @@ def _mask_files_among(paths: Sequence[Path]) -> set[Path]:
 OrderFn = Callable[..., list[Path]]
 
 
-def ranking_available() -> bool:
-    """Whether the self-reward ranking (``napari_samsp.reward.rank_images``) is installed."""
-    try:
-        from .reward import rank_images  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 def rank_options(card: ModelCard | dict | None, mode: str | None = None, store=None) -> dict:
     """The ranking options the plugin and ``samsp rank`` share, so both order images alike.
 
@@ -87,7 +78,7 @@ def order_images(paths: Sequence[Path], predictor=None, rows: list | None = None
     ranking rows (``image``, ``expected_dice``, ...).
     """
     plain = sorted(Path(p) for p in paths)
-    if predictor is None or not plain or not ranking_available():
+    if predictor is None or not plain:
         return plain
     from .reward import rank_paths
 

@@ -150,7 +150,7 @@ class Bank:
 def finetune(base: LoadedModel, items: list[TrainItem], steps: int, lr: float, seed: int):
     model = copy.deepcopy(base.model).eval()
     cfg = ImproveConfig(steps=steps, batch_size=4, lr=lr, seed=seed, human_prompts=0)
-    train_round(model, items, [], cfg, int(base.card.get("num_passes", 2)), None, None, 0)
+    train_round(model, items, [], cfg, base.model_card.num_passes, None, None, 0)
     return model.eval()
 
 
@@ -214,7 +214,7 @@ def feature_spearman(rows: list[dict], cfg: RewardConfig) -> dict:
 
 # -- one AL run ---------------------------------------------------------------------------------------
 def run_strategy(strategy: str, seed: int, base, bank: Bank, pool_idx, val_bank: Bank, args, rcfg: RewardConfig, init):
-    k = int(base.card.get("num_passes", 2))
+    k = base.model_card.num_passes
     labeled = list(init)
     samples: list[dict] = []
     curve, calib = [], []
@@ -281,7 +281,7 @@ def write_store(root: Path, examples: list[Example], idx: list[int]) -> Path:
 
 
 def run_improve(seed: int, model, base: LoadedModel, bank: Bank, labeled, pool_idx, dev_ex, val_bank: Bank, args, rcfg, samples_cal):
-    k = int(base.card.get("num_passes", 2))
+    k = base.model_card.num_passes
     store = write_store(Path(args.out) / f"store_seed{seed}", bank.examples, labeled)
     rest = [i for i in pool_idx if i not in labeled]
     loaded = LoadedModel(model, {"num_passes": k, "mode": "semantic"}, f"al-seed{seed}-{len(labeled)}", "bench", False)
@@ -340,7 +340,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     base = pick_base(out)
-    k = int(base.card.get("num_passes", 2))
+    k = base.model_card.num_passes
     pool_ex, dev_ex, val_ex = load_data(args.dataset, args.pool, args.dev, args.val, args.max_side)
     log(f"data: pool {len(pool_ex)}, dev {len(dev_ex)}, val {len(val_ex)} of {args.dataset}; encoding once")
     bank, val_bank = Bank(base, pool_ex), Bank(base, val_ex)

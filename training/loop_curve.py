@@ -181,7 +181,7 @@ def run(args, log) -> dict:
     select = va[SKIP_VAL : SKIP_VAL + args.select]
     eval_pairs = evenly_spaced(va[SKIP_VAL + args.select :], args.eval)
     base = pick_base(args.base)
-    num_passes = int(base.card.get("num_passes", 2))
+    num_passes = base.model_card.num_passes
     log(f"base {base.source} ({base.model_id}); data {root.name}: {len(tr)} train, select {len(select)}, eval {len(eval_pairs)}")
     base_file = out / "base.json"
     if base_file.exists() and json.loads(base_file.read_text()).get("model_id") == base.model_id:
@@ -344,7 +344,7 @@ def run_new_modality(args, log) -> None:
     base_folder = make_subset_folder(root, base_train, base_val[: args.base_select], out / "data_base")
     base_file = train_base(out / "base", base_folder, args.base_steps, log)
     base = load_model(str(base_file), device="cpu")
-    num_passes = int(base.card.get("num_passes", 2))
+    num_passes = base.model_card.num_passes
     pairs = {p.stem: p for p in list_pairs(root)}
     eval_new = [pairs[s] for s in new_val]
     eval_old = evenly_spaced([pairs[s] for s in base_val[args.base_select:]], args.fluo_eval)
@@ -367,8 +367,8 @@ def run_new_modality(args, log) -> None:
         ref = load_model(args.reference, device="cpu")
         log(f"reference {ref.source} on {args.new_kind} val / {args.base_kind} val:")
         ref_res = {"model_id": ref.model_id, "source": ref.source,
-                   "new": evaluate_on(ref.model, ref.model_id, int(ref.card.get("num_passes", 2)), eval_new, log),
-                   "old": evaluate_on(ref.model, ref.model_id, int(ref.card.get("num_passes", 2)), eval_old, log)}
+                   "new": evaluate_on(ref.model, ref.model_id, ref.model_card.num_passes, eval_new, log),
+                   "old": evaluate_on(ref.model, ref.model_id, ref.model_card.num_passes, eval_old, log)}
         ref_file.write_text(json.dumps(ref_res, indent=2))
 
     for n in args.sizes:

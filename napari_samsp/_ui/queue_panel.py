@@ -42,14 +42,12 @@ class QueuePanel(QWidget):
         self.next_button.clicked.connect(lambda: self.next_image())
         grid.addWidget(self.open_button, 0, 0)
         grid.addWidget(self.next_button, 0, 1)
-        from ..work_queue import ranking_available
 
         self.rank = QCheckBox("rank by expected Dice")
         self.rank.setToolTip(
             "Order the queue by the model's calibrated self-reward: images it is worst at come first "
             "(needs a loaded model; takes one pass over the folder)"
         )
-        self.rank.setEnabled(ranking_available())
         self.auto = QCheckBox("auto-segment on open")
         self.auto.setChecked(True)
         self.auto.setToolTip("Run auto-segmentation on each image the queue opens")
@@ -98,9 +96,9 @@ class QueuePanel(QWidget):
             if not folder:
                 return None
         use_rank = self.rank.isChecked() if rank is None else bool(rank)
-        from ..work_queue import WorkQueue, ranking_available
+        from ..work_queue import WorkQueue
 
-        if use_rank and (s.predictor is None or not ranking_available()):
+        if use_rank and s.predictor is None:
             s.messages.info("ranking needs a loaded model; the queue is in file order")
             use_rank = False
         if not use_rank:

@@ -31,15 +31,6 @@ def default_project() -> Path:
     return Path(env).expanduser() if env else DEFAULT_PROJECT
 
 
-def versions_class():
-    """``napari_samsp.finetune.versions.ModelVersions``, or None while that module does not exist."""
-    try:
-        from ..finetune.versions import ModelVersions
-    except Exception:
-        return None
-    return ModelVersions
-
-
 class Session:
     """State shared by the panels of one widget."""
 
@@ -112,13 +103,12 @@ class Session:
 
     @property
     def versions(self):
-        """The project's ModelVersions, or None when fine-tuning is not installed."""
-        cls = versions_class()
-        if cls is None:
-            return None
+        """The project's ModelVersions (created on first use)."""
+        from ..finetune.versions import ModelVersions
+
         if self._versions is None:
             self.models_dir.mkdir(parents=True, exist_ok=True)
-            self._versions = cls(self.models_dir)
+            self._versions = ModelVersions(self.models_dir)
         return self._versions
 
     # -- model ---------------------------------------------------------------------
