@@ -530,6 +530,25 @@ def _compare(
     return missing, unexpected, mismatched
 
 
+def _misfit_parts(
+    missing: list[str],
+    unexpected: list[str],
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    file_name: Callable[[str], str] = str,
+    missing_note: str = "",
+) -> list[str]:
+    """The readable pieces of a key/shape misfit: mis-shaped, missing and unexpected keys, a few named each."""
+    parts = []
+    if mismatched:
+        shown = [f"{file_name(k)} file {list(a)} vs model {list(b)}" for k, a, b in mismatched]
+        parts.append(f"{len(mismatched)} mis-shaped keys ({_short_list(shown, 3)})")
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({missing_note}{_short_list(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({_short_list([file_name(k) for k in unexpected])})")
+    return parts
+
+
 def _describe_misfit(
     path: Path,
     config: SamConfig,
@@ -538,14 +557,7 @@ def _describe_misfit(
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
     state: Mapping[str, torch.Tensor],
 ) -> str:
-    parts = []
-    if mismatched:
-        shown = [f"{k} file {list(a)} vs model {list(b)}" for k, a, b in mismatched]
-        parts.append(f"{len(mismatched)} mis-shaped keys ({_short_list(shown, 3)})")
-    if missing:
-        parts.append(f"{len(missing)} missing keys ({_short_list(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys ({_short_list(unexpected)})")
+    parts = _misfit_parts(missing, unexpected, mismatched)
     hint = ""
     try:
         guess = _infer_base_config(state).name
@@ -765,14 +777,8 @@ def _samunet_repo_model(state: Mapping[str, torch.Tensor], path: Path) -> SamMod
     mapped = {ours: state[k] for ours, k in theirs.items()}
     missing, unexpected, mismatched = _compare(expected, mapped)
     if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            shown = [f"{theirs[k]} file {list(a)} vs model {list(b)}" for k, a, b in mismatched]
-            parts.append(f"{len(mismatched)} mis-shaped keys ({_short_list(shown, 3)})")
-        if missing:
-            parts.append(f"{len(missing)} missing keys (our names: {_short_list(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys ({_short_list([theirs[k] for k in unexpected])})")
+        # mis-shaped and unexpected keys by their names in the file; missing ones only have ours
+        parts = _misfit_parts(missing, unexpected, mismatched, file_name=theirs.__getitem__, missing_note="our names: ")
         raise WeightsError(
             f"{path}: SAM-UNet repository checkpoint (detected ResNet-{depth}, ViT width {config.encoder_embed_dim}, "
             f"{config.img_size} px) does not fit {config.name!r}: " + "; ".join(parts)
