@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         grad_clip=float(cfg.get("grad_clip", TrainConfig.grad_clip)),
         amp=bool(cfg.get("amp", TrainConfig.amp)),
         domain_weights=cfg.get("domain_weights"),
+        # a time budget: the cosine anneals over it and the run stops when it is spent
+        max_seconds=float(cfg["max_seconds"]) if cfg.get("max_seconds") else None,
     )
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:

@@ -34,7 +34,11 @@ class ObjectiveConfig:
     prompt_kind_probs: tuple[float, ...] = (0.35, 0.25, 0.2, 0.2)
     box_jitter: float = 0.1  # SAM: 10 % of the box side
     mask_prompt_drop: float = 0.2  # chance that a corrective iteration goes without the previous logits
-    box_weight: float = 1.0  # box_outside_loss weight for prompt sets with a box
+    # box_outside_loss weight for prompt sets with a box. Off by default: measured on DSB nuclei
+    # (training/probe_box_loss.py) it drives box prompts to empty masks (val box IoU 0.03 against
+    # 0.59 without it, same draws); the segmentation loss already counts spill as false positives,
+    # and the predictor confines box masks at inference (local_prompts.confine_mask).
+    box_weight: float = 0.0
     box_margin: float = 0.1  # the box is grown by this fraction of its side before penalising
     prompt_free_weight: float = 1.0  # weight of the self-prompting + distillation (prompt-free) path
 
