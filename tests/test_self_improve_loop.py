@@ -160,6 +160,23 @@ def test_self_improve_trains_through_finetune_loop_train(tmp_path, micro_model, 
     assert {"human", "pseudo", "pref", "total"} <= set(rep.rounds[0].losses)
 
 
+def test_without_confident_pseudo_labels_a_round_trains_on_the_corrections_alone(tmp_path, micro_model, monkeypatch):
+    base, unlabeled, store = _setup(tmp_path, micro_model)
+    kinds = []
+    real_forward = SelfImproveObjective.forward
+
+    def spy(self, images, labels, valid, features=None, examples=None):
+        kinds.append([type(e).__name__ for e in examples])
+        return real_forward(self, images, labels, valid, features, examples)
+
+    monkeypatch.setattr(SelfImproveObjective, "forward", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = self_improve(base, unlabeled, [store], rounds=1, config=ImproveConfig(steps=2, batch_size=3, min_confidence=1.01))
+    assert rep.rounds[0].n_pseudo == 0 and set(rep.rounds[0].losses) == {"human", "total"}
+    assert kinds == [["Example"] * 3] * 2  # the whole batch is corrected examples
+
+
 def test_self_improve_cancel_is_the_loops(tmp_path, micro_model):
     base, unlabeled, store = _setup(tmp_path, micro_model)
     before = snapshot(micro_model)
