@@ -44,7 +44,7 @@ rank = dist.get_rank()
 
 from napari_samsp.finetune import objective as objective_module
 from napari_samsp.finetune.data import load_examples
-from napari_samsp.finetune.loop import TrainConfig, train
+from napari_samsp.finetune.loop import Callbacks, TrainConfig, train
 from napari_samsp.finetune.objective import ObjectiveConfig
 from napari_samsp.io import list_pairs
 from napari_samsp.models import build_model
@@ -87,6 +87,24 @@ cfg = TrainConfig(steps=6, batch_size=2, lr=0.0, warmup_steps=1, trainable=("enc
 res = train(build_model("micro"), examples, val, cfg)
 report["early_stop"] = {"steps": gather(res.state.step), "stopped": gather(res.stopped_early),
                         "checksums": gather(checksum(res.model))}
+
+# Self-improvement's objective and mixed sampler through the same loop: the drawn examples reach the
+# objective through the DDP wrapper, and the ranks stay in step.
+import copy
+import numpy as np
+from napari_samsp.reward.objective import MixedSampler, PseudoExample, SelfImproveObjective
+torch.manual_seed(0)
+model = build_model("micro")
+reference = copy.deepcopy(model).eval()
+pseudo = [PseudoExample.from_masks(ex.image, ex.labels > 0, np.zeros(ex.labels.shape, bool), 0.8, ex.stem)
+          for ex in examples[:2]]
+cfg = TrainConfig(steps=3, batch_size=2, lr=1e-3, warmup_steps=0, trainable=("mask_decoder", "prompt_encoder"),
+                  objective=ObjectiveConfig(num_passes=2, prompts_per_image=0), augment=None, val_every=10**6, seed=0)
+before = checksum(model)
+seen = []
+res = train(model, examples[2:] + pseudo, (), cfg, Callbacks(on_loss=lambda step, v: seen.append(sorted(v))),
+            objective=lambda m, s: SelfImproveObjective(m, reference, cfg.objective, s), sampler=MixedSampler.factory(1, 1))
+report["self_improve"] = {"checksums": gather(checksum(res.model)), "before": before, "keys": gather(seen[-1])}
 if rank == 0:
     out.write_text(json.dumps(report))
 # Both ranks leave together: tearing gloo down while the peer is still busy aborts the process.
@@ -189,6 +207,10 @@ def test_ddp_loop_cached_embeddings_nan_and_early_stop_stay_in_step(tmp_path):
     assert early["stopped"] == [True, True]
     assert early["steps"] == [2, 2]  # no gain at the second validation (lr 0), patience 1
     assert early["checksums"][0] == early["checksums"][1]
+
+    improve = report["self_improve"]
+    assert improve["checksums"][0] == improve["checksums"][1] != improve["before"]
+    assert improve["keys"][0] == ["human", "lr", "pref", "pseudo", "total"]
 
 
 def _load_train_module():

@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -57,7 +58,9 @@ from napari_samsp.models.sam_sp import SamSP  # noqa: E402
 from napari_samsp.predictor import EmbeddingCache, Predictor  # noqa: E402
 from napari_samsp.reward.calibration import RewardCalibrator, RewardConfig, calibration_quality, prior_expected_dice  # noqa: E402
 from napari_samsp.reward.evidence import EmbeddingPrototypes, pooled_embeddings  # noqa: E402
-from napari_samsp.reward.improve import ImproveConfig, TrainItem, train_round, self_improve  # noqa: E402
+from napari_samsp.finetune.loop import train  # noqa: E402
+from napari_samsp.models.sam_model import ImageFeatures  # noqa: E402
+from napari_samsp.reward.improve import ImproveConfig, round_config, self_improve  # noqa: E402
 from napari_samsp.reward.ranking import diversity_order, score_image  # noqa: E402
 
 FEATURES = ("pred_iou", "stability", "agreement", "boundary", "contrast", "embedding")
@@ -113,6 +116,15 @@ def load_data(dataset: str, pool: int, dev: int, val: int, max_side: int):
             load_examples(val_p, dataset, max_side))
 
 
+@dataclass
+class TrainItem:
+    """One image of a bank: encoder features, target labels (S, S), valid (S, S) in the model frame."""
+
+    features: ImageFeatures
+    labels: torch.Tensor
+    valid: torch.Tensor
+
+
 class Bank:
     """Images on the scoring grid, their embeddings (frozen encoder: computed once) and training items."""
 
@@ -147,10 +159,12 @@ class Bank:
         return p
 
 
-def finetune(base: LoadedModel, items: list[TrainItem], steps: int, lr: float, seed: int):
+def finetune(base: LoadedModel, examples: list[Example], steps: int, lr: float, seed: int):
+    """Corrected masks only, with the settings of a self-improvement round (through the one loop)."""
     model = copy.deepcopy(base.model).eval()
     cfg = ImproveConfig(steps=steps, batch_size=4, lr=lr, seed=seed, human_prompts=0)
-    train_round(model, items, [], cfg, base.model_card.num_passes, None, None, 0)
+    train(model, examples, config=round_config(cfg, base.model_card.num_passes, seed, cfg.batch_size),
+          device=next(model.parameters()).device)
     return model.eval()
 
 
@@ -225,7 +239,7 @@ def run_strategy(strategy: str, seed: int, base, bank: Bank, pool_idx, val_bank:
             samples.append(score_all(bank, base.model, [i], RewardCalibrator(rcfg), k, bank.protos(others))[i])
     model = snapshot = None
     while True:
-        model = finetune(base, [bank.items[i] for i in labeled], args.steps, args.lr, seed)
+        model = finetune(base, [bank.examples[i] for i in labeled], args.steps, args.lr, seed)
         vd = val_dice(model, val_bank.items, k)
         curve.append({"labels": len(labeled), "val_dice": vd})
         log(f"seed {seed} {strategy}: {len(labeled)} labels -> val Dice {vd:.4f}")
@@ -356,7 +370,7 @@ def main(argv=None) -> int:
     strategies = args.strategies.split(",")
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         init = [int(i) for i in np.random.default_rng(seed).permutation(pool_idx)[: args.step]]
-        full = finetune(base, bank.items, args.steps, args.lr, seed)
+        full = finetune(base, bank.examples, args.steps, args.lr, seed)
         results["full"].append(val_dice(full, val_bank.items, k))
         log(f"seed {seed}: all {len(pool_idx)} labels -> val Dice {results['full'][-1]:.4f}")
         for strat in strategies:

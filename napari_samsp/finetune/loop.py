@@ -4,6 +4,12 @@ One function, :func:`train`, with callbacks for progress and losses, a cancel
 check, validation with early stopping, a NaN guard, resumable checkpoints and
 DDP when ``torch.distributed`` is initialised. It never writes the model it was
 given anywhere: saving a new version is the caller's job (see ``versions.py``).
+
+What is optimised and what is drawn are values: ``objective`` (default
+:class:`SelfPromptObjective` from ``config.objective``) and ``sampler`` (default
+:class:`BalancedSampler`). Self-improvement (``reward/improve.py``) passes its
+pseudo-label + preference objective and a mixed sampler and gets the same
+schedule, clipping, NaN skip, cancel, checkpoints and DDP.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,6 +40,19 @@ from .objective import ObjectiveConfig, SelfPromptObjective
 log = logging.getLogger(__name__)
 
 TRAINABLE_PARTS = ("encoder", "lora", "prompt_encoder", "mask_decoder", "unet")
+
+
+class Sampler(Protocol):
+    """Anything that draws training examples one at a time (e.g. :class:`BalancedSampler`)."""
+
+    def draw(self) -> Example: ...
+
+
+# sampler(train_examples, seed) -> Sampler; the loop passes a seed that differs per DDP rank and resume step.
+SamplerFactory = Callable[[Sequence[Example], int], Sampler]
+# objective(model, seed) -> nn.Module; the loop passes a seed that differs per DDP rank.
+ObjectiveFactory = Callable[[SamModel, int], torch.nn.Module]
+Objective = Union[torch.nn.Module, ObjectiveFactory]
 
 
 class TrainingCancelled(SamspError):
@@ -222,12 +241,28 @@ def train(
     callbacks: Callbacks | None = None,
     checkpoint_path: Path | None = None,
     device: torch.device | str = "cpu",
+    *,
+    objective: Objective | None = None,
+    sampler: SamplerFactory | None = None,
+    feature_cache: dict | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` in place on ``train_examples``; return the best weights.
 
     Resumes from ``checkpoint_path`` when it exists (model, optimizer, step, best).
     Raises :class:`TrainingCancelled` when ``callbacks.should_cancel()`` turns True
     and :class:`TrainingDiverged` after ``max_bad_steps`` non-finite losses in a row.
+
+    Args:
+        objective: an ``nn.Module`` built on ``model``, or a factory ``objective(model, seed)``
+            returning one; default :class:`SelfPromptObjective` with ``config.objective``. Its
+            ``forward(images (B,3,S,S) in [0,255] or None, labels (B,S,S) int64, valid (B,S,S) bool,
+            features=None)`` returns a dict of scalar losses with ``"total"``; an objective with the
+            attribute ``wants_examples = True`` also gets ``examples=`` (the drawn :class:`Example`
+            objects, in row order) for per-example data that augmentation must not touch.
+        sampler: a factory ``sampler(train_examples, seed)`` of an object with ``draw() -> Example``;
+            default :class:`BalancedSampler` with ``config.domain_weights``.
+        feature_cache: a dict to keep frozen-encoder embeddings in across calls (keyed by the example's
+            image array, which must not change while it is cached); default: a fresh one per call.
     """
     cfg = config or TrainConfig()
     cb = callbacks or Callbacks()
@@ -237,7 +272,8 @@ def train(
     torch.manual_seed(cfg.seed + rank)
     model.to(device).train()
     params = configure_trainable(model, cfg.trainable, cfg.lora_rank)
-    objective = SelfPromptObjective(model, cfg.objective, seed=cfg.seed + rank).to(device)
+    objective = _build_objective(objective, model, cfg, cfg.seed + rank).to(device)
+    call_kwargs = {"examples": None} if getattr(objective, "wants_examples", False) else {}
     runner: torch.nn.Module = objective
     if dist.is_initialized():
         runner = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
@@ -252,10 +288,15 @@ def train(
         s = ckpt["state"]
         state = TrainState(s["step"], s["best_val"], s["best_step"], list(s["history"]))
         log.info("resumed from %s at step %d", checkpoint_path, state.step)
-    sampler = BalancedSampler(train_examples, seed=cfg.seed * 1000 + rank + state.step, domain_weights=cfg.domain_weights)
+    sampler_seed = cfg.seed * 1000 + rank + state.step
+    if sampler is None:
+        draws: Sampler = BalancedSampler(train_examples, seed=sampler_seed, domain_weights=cfg.domain_weights)
+    else:
+        draws = sampler(train_examples, sampler_seed)
     rng = random.Random(cfg.seed * 7919 + rank + state.step)
     cache_features = encoder_is_frozen(model)
-    feature_cache: dict[tuple[int, int], object] = {}
+    if feature_cache is None:
+        feature_cache = {}
     use_amp = cfg.amp and device.type == "cuda"
     t0 = time.time()
     bad_steps = 0
@@ -274,15 +315,17 @@ def train(
         time_fraction = (time.time() - t0) / cfg.max_seconds if cfg.max_seconds else 0.0
         for group in opt.param_groups:
             group["lr"] = _lr_at(state.step, cfg, time_fraction)
-        exs = [sampler.draw() for _ in range(cfg.batch_size)]
+        exs = [draws.draw() for _ in range(cfg.batch_size)]
+        if call_kwargs:
+            call_kwargs["examples"] = exs
         if cache_features:
             # Frozen encoder: embeddings depend only on the image (dihedral
             # augmentation is applied by caching each variant), so reuse them.
-            loss_dict = _cached_step(objective, runner, exs, rng, feature_cache, cfg, device)
+            loss_dict = _cached_step(model, runner, exs, rng, feature_cache, cfg, device, call_kwargs)
         else:
             images, labels, valid = collate([prepare_sample(ex, model.img_size, rng, cfg.augment, model_preprocessing(model)) for ex in exs])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss_dict = runner(images.to(device), labels.to(device), valid.to(device))
+                loss_dict = runner(images.to(device), labels.to(device), valid.to(device), **call_kwargs)
         loss = loss_dict["total"]
         opt.zero_grad(set_to_none=True)
         finite = bool(torch.isfinite(loss))
@@ -353,10 +396,22 @@ def train(
     return TrainResult(model, state, time.time() - t0, stopped_early)
 
 
-def _cached_step(objective: SelfPromptObjective, runner: torch.nn.Module, exs, rng, cache, cfg: TrainConfig, device) -> dict:
+def _build_objective(objective: Objective | None, model: SamModel, cfg: TrainConfig, seed: int) -> torch.nn.Module:
+    """The objective module: the default, a given module, or a factory's product."""
+    if objective is None:
+        return SelfPromptObjective(model, cfg.objective, seed=seed)
+    if isinstance(objective, torch.nn.Module):
+        return objective
+    built = objective(model, seed)
+    if not isinstance(built, torch.nn.Module):
+        raise TypeError(f"the objective factory returned {type(built).__name__}, not a torch.nn.Module")
+    return built
+
+
+def _cached_step(model: SamModel, runner: torch.nn.Module, exs, rng, cache: dict, cfg: TrainConfig, device,
+                 call_kwargs: dict | None = None) -> dict:
     from ..models.sam_model import ImageFeatures
 
-    model = objective.model
     feats, labels, valid = [], [], []
     aug = cfg.augment
     flips = 2 if aug is not None and aug.flip else 1
@@ -367,11 +422,14 @@ def _cached_step(objective: SelfPromptObjective, runner: torch.nn.Module, exs, r
         variant = rng.randrange(flips * turns)
         flip, k = variant >= turns, variant % turns
         sample = prepare_sample(_dihedral_variant(ex, flip, k), model.img_size, preprocessing=model_preprocessing(model))
-        key = (id(ex), variant)
-        if key not in cache:
+        # Keyed by the image array (features depend on nothing else), which the entry also holds,
+        # so a cache kept across calls can never match a new array that reuses a freed id.
+        key = (id(ex.image), variant)
+        hit = cache.get(key)
+        if hit is None or hit[0] is not ex.image:
             with torch.no_grad():
-                cache[key] = model.encode(model.normalize_pixels(sample.image[None].to(device)))
-        feats.append(cache[key])
+                hit = cache[key] = (ex.image, model.encode(model.normalize_pixels(sample.image[None].to(device))))
+        feats.append(hit[1])
         labels.append(sample.labels)
         valid.append(sample.valid)
     features = ImageFeatures(
@@ -379,7 +437,7 @@ def _cached_step(objective: SelfPromptObjective, runner: torch.nn.Module, exs, r
         None if feats[0].hires is None else torch.cat([f.hires for f in feats]),
     )
     # Through ``runner`` (the DDP wrapper when distributed) so gradients are all-reduced.
-    return runner(None, torch.stack(labels).to(device), torch.stack(valid).to(device), features=features)
+    return runner(None, torch.stack(labels).to(device), torch.stack(valid).to(device), features=features, **(call_kwargs or {}))
 
 
 def _dihedral_variant(ex: Example, flip: bool, k: int) -> Example:

@@ -4,7 +4,9 @@
 * ``evidence``: self-confidence features and image evidence (edges, contrast, embedding similarity to the store);
 * ``calibration``: CSR rank blend, isotonic calibration to an expected Dice, calibration quality;
 * ``ranking``: :func:`rank_images` / :func:`rank_paths` (``samsp rank``), :func:`fit_calibrator`;
-* ``improve``: :func:`self_improve`, preference fine-tuning on unlabeled images mixed with corrected masks.
+* ``improve``: :func:`self_improve`, preference fine-tuning on unlabeled images mixed with corrected masks
+  (score -> pseudo set -> ``finetune.loop.train`` -> gate);
+* ``objective``: what that training optimises and draws (pseudo-label + preference objective, mixed sampler).
 """
 
 from .calibration import (

@@ -1,22 +1,20 @@
-"""The self-improvement round (after CSR): preference fine-tuning on unlabeled images, anchored by corrected masks.
+"""The self-improvement round (after CSR): score -> pseudo set -> train -> gate.
 
 Per round, on a copy of the current model:
 
-1. every unlabeled image is segmented into a candidate pool (``candidates.py``) and each
-   candidate gets the CSR reward; **chosen** = best, **rejected** = worst of the pool;
-2. the model trains on a mix of
-   (a) the human-corrected masks of the store (the usual objective: every pass, self-distillation,
-       simulated prompts), always;
-   (b) the chosen masks as pseudo-labels, each weighted by its calibrated expected Dice;
-   (c) a pixel-wise DPO preference term against a frozen reference (the model at the start of the
-       round), on the pixels where chosen and rejected differ. With per-pixel Bernoulli likelihoods,
-       ``log p(chosen) - log p(rejected)`` on such a pixel is ``s * z`` (``z`` the logit, ``s = +1`` where
-       chosen says foreground, ``-1`` where it says background), so the term is
-       ``mean over differing pixels of -log sigmoid(beta * s * (z_theta - z_ref))``;
-3. validation Dice (the store's validation split, or a given labelled set) decides: a round that
+1. **score**: every unlabeled image is segmented into a candidate pool (``candidates.py``) and each candidate
+   gets the CSR reward; **chosen** = best, **rejected** = worst of the pool; the chosen mask's calibrated
+   expected Dice is its confidence;
+2. **pseudo set**: one :class:`~napari_samsp.reward.objective.PseudoExample` per confident image;
+3. **train**: ``finetune.loop.train`` (the one loop: schedule, clipping, NaN skip, cancel, DDP) with
+   :class:`~napari_samsp.reward.objective.SelfImproveObjective` (the store's corrected masks with the usual
+   objective, always; the chosen masks as confidence-weighted pseudo-labels; a pixel-wise DPO preference term
+   against a frozen reference, the model at the start of the round) and a
+   :class:`~napari_samsp.reward.objective.MixedSampler` (half corrected, half pseudo-labelled per step);
+4. **gate**: validation Dice (the store's validation split, or a given labelled set) decides: a round that
    does not improve it is undone (the previous model is kept) and the iteration stops.
 
-Only the prompt encoder and mask decoder train (the encoder is frozen), so image embeddings are
+Only the prompt encoder and mask decoder train by default (the encoder is frozen), so image embeddings are
 computed once and reused across steps and rounds. The base model is never modified.
 """
 
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,21 +29,26 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import DataLayoutError
-from ..finetune.data import Example, prepare_sample
+from ..finetune.data import AugmentConfig, Example
 from ..finetune.job import load_training_data
-from ..finetune.loop import TrainingCancelled, configure_trainable, validate
-from ..finetune.losses import segmentation_loss
-from ..finetune.objective import ObjectiveConfig, SelfPromptObjective
+from ..finetune.loop import (
+    Callbacks,
+    TrainConfig,
+    TrainingCancelled,
+    TrainingDiverged,
+    configure_trainable,
+    train,
+    validate,
+)
+from ..finetune.objective import ObjectiveConfig
 from ..models.checkpoints import LoadedModel
-from ..models.sam_model import ImageFeatures, SamModel
-from ..models.sam_sp import SamSP
+from ..models.sam_model import SamModel
 from ..predictor import EmbeddingCache, Predictor
-from ..transforms import model_preprocessing
 from .calibration import RewardCalibrator, RewardConfig
 from .candidates import prepare_image
+from .objective import MixedSampler, PseudoExample, SelfImproveObjective, preference_loss
 from .ranking import fit_calibrator, score_image
 
 log = logging.getLogger(__name__)
@@ -60,10 +62,16 @@ class ImproveConfig:
 
     Attributes:
         steps: optimizer steps per round; batch_size: examples per step (half human, half pseudo).
+        lr, weight_decay, warmup_steps, grad_clip, max_bad_steps: the one loop's optimiser settings
+            (``finetune.loop.TrainConfig``); the learning rate follows its warm-up + cosine schedule.
         beta: DPO temperature of the preference term.
-        pseudo_weight, pref_weight, human_weight: loss weights of (b), (c), (a).
+        pseudo_weight, pref_weight, human_weight: loss weights of the pseudo-labels, the preference
+            term and the corrected masks.
         min_confidence: pseudo-labels whose expected Dice is below are not used.
         min_delta: validation gain a round needs to be kept.
+        human_prompts, click_iterations: simulated box/point prompts per corrected example (0: prompt-free
+            passes only, cheaper) and corrective clicks after each.
+        augment: the loop's augmentation (None: none, as before; chosen and rejected masks follow the image).
         reward: weights of the reward (lambda etc.).
         tta: flip candidates (one more encoder run per unlabeled image and round).
     """
@@ -71,6 +79,10 @@ class ImproveConfig:
     steps: int = 100
     batch_size: int = 4
     lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    max_bad_steps: int = 10
     beta: float = 1.0
     pseudo_weight: float = 1.0
     pref_weight: float = 1.0
@@ -78,7 +90,9 @@ class ImproveConfig:
     min_confidence: float = 0.0
     min_delta: float = 0.0
     trainable: tuple[str, ...] = ("mask_decoder", "prompt_encoder")
-    human_prompts: int = 3  # simulated box/point prompts per human example (0: prompt-free passes only, cheaper)
+    human_prompts: int = 3
+    click_iterations: int = 1
+    augment: AugmentConfig | None = None
     reward: RewardConfig = field(default_factory=RewardConfig)
     tta: bool = False
     seed: int = 0
@@ -123,64 +137,9 @@ class ImprovementReport:
         return any(r.accepted for r in self.rounds)
 
 
-def preference_loss(logits: torch.Tensor, ref_logits: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
-                    valid: torch.Tensor | None = None, beta: float = 1.0) -> torch.Tensor:
-    """Pixel-wise DPO on Bernoulli likelihoods, on the pixels where chosen and rejected differ.
-
-    Args:
-        logits, ref_logits: (B, 1, H, W) of the trained and the frozen reference model.
-        chosen, rejected: (B, 1, H, W) binary masks. valid: (B, 1, H, W) bool or None.
-
-    Returns:
-        Mean over images that have differing pixels of the mean over those pixels of
-        ``-log sigmoid(beta * [(log p(c) - log p_ref(c)) - (log p(r) - log p_ref(r))])``; 0 when none differ.
-    """
-    c = chosen > 0.5
-    diff = c != (rejected > 0.5)
-    if valid is not None:
-        diff = diff & valid.bool()
-    if not diff.any():
-        return logits.sum() * 0.0
-    lp = F.logsigmoid(logits)
-    lq = F.logsigmoid(-logits)
-    rp = F.logsigmoid(ref_logits.detach())
-    rq = F.logsigmoid(-ref_logits.detach())
-    logp_c = torch.where(c, lp, lq) - torch.where(c, rp, rq)
-    logp_r = torch.where(c, lq, lp) - torch.where(c, rq, rp)
-    per_pixel = -F.logsigmoid(beta * (logp_c - logp_r))
-    d = diff.float()
-    count = d.flatten(1).sum(1)
-    per_image = (per_pixel * d).flatten(1).sum(1) / count.clamp_min(1)
-    has = count > 0
-    return per_image[has].mean()
-
-
 def _validate(model: SamModel, val_examples, num_passes: int) -> float:
     """Validation Dice (a seam tests patch)."""
     return float(validate(model, val_examples, num_passes)["dice"])
-
-
-def _cat(feats: list[ImageFeatures]) -> ImageFeatures:
-    return ImageFeatures(
-        torch.cat([f.embeddings for f in feats]),
-        None if feats[0].hires is None else torch.cat([f.hires for f in feats]),
-    )
-
-
-@dataclass
-class _Item:
-    features: ImageFeatures
-    labels: torch.Tensor  # (S, S) int64 (human) or chosen mask (pseudo)
-    valid: torch.Tensor
-    rejected: torch.Tensor | None = None
-    ref_logits: torch.Tensor | None = None  # (1, 1, L, L)
-    weight: float = 1.0
-
-
-def _encode(model: SamModel, image: torch.Tensor) -> ImageFeatures:
-    with torch.no_grad():
-        dev = next(model.parameters()).device
-        return model.encode(model.normalize_pixels(image[None].to(dev)))
 
 
 def _load_unlabeled(items: Sequence, max_side: int) -> list[np.ndarray]:
@@ -191,6 +150,28 @@ def _load_unlabeled(items: Sequence, max_side: int) -> list[np.ndarray]:
         img = read_image(it) if isinstance(it, (str, Path)) else np.asarray(it)
         out.append(prepare_image(img, max_side))
     return out
+
+
+def _snapshot(model: SamModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class _Run:
+    """What every round of one :func:`self_improve` call shares."""
+
+    cfg: ImproveConfig
+    num_passes: int
+    human: list[Example]
+    images: list[np.ndarray]  # unlabeled, on the scoring grid (H, W, 3) uint8; their arrays key the feature cache
+    val: list[Example]
+    store_dirs: Sequence[str | Path]
+    calibrator: RewardCalibrator | None
+    progress: Callable[[str, int, int], None] | None
+    should_cancel: Callable[[], bool] | None
+    cache: EmbeddingCache
+    cache_id: str
+    feature_cache: dict = field(default_factory=dict)  # frozen-encoder embeddings for the loop, across rounds
 
 
 def self_improve(
@@ -214,7 +195,8 @@ def self_improve(
         rounds: at most this many rounds; stops at the first round that does not improve validation.
         val_examples: a labelled validation set (``finetune.data.Example``) instead of the store's val split.
         calibrator: reward calibration; default: fitted on the store with the current model each round.
-        progress: ``progress(stage, done, total)``; should_cancel: polled every step (raises TrainingCancelled).
+        progress: ``progress(stage, done, total)``; should_cancel: polled per image and every step
+            (raises TrainingCancelled).
 
     Raises:
         DataLayoutError: no corrected masks (self-training without them drifts) or no unlabeled images.
@@ -225,149 +207,142 @@ def self_improve(
     if not unlabeled:
         raise DataLayoutError("no unlabeled images to improve on")
     train_ex, store_val, _ = load_training_data(store_dirs, max_side=cfg.max_side)
-    val_ex = list(val_examples) if val_examples else store_val
-    base_card = base.model_card
-    num_passes = base_card.num_passes
-    model = copy.deepcopy(base.model).eval()
-    configure_trainable(model, cfg.trainable)
-    for p in model.parameters():
-        p.requires_grad_(False)
     images = _load_unlabeled(unlabeled, cfg.max_side)
-    s = model.img_size
-    prep = model_preprocessing(model)
-    cache = EmbeddingCache(None, max_memory_entries=len(images) + 8)
-    cache_id = f"{base.model_id}:improve-frozen-encoder"
-    human: list[_Item] = []
-    for ex in train_ex:
-        smp = prepare_sample(ex, s, preprocessing=prep)
-        human.append(_Item(_encode(model, smp.image), smp.labels, smp.valid))
-    unl_feats: dict[int, tuple[ImageFeatures, torch.Tensor]] = {}
-    base_val = best_val = _validate(model, val_ex, num_passes)
+    run = _Run(cfg, base.model_card.num_passes, list(train_ex), images, list(val_examples) if val_examples else store_val,
+               store_dirs, calibrator, progress, should_cancel, EmbeddingCache(None, max_memory_entries=len(images) + 8),
+               f"{base.model_id}:improve-frozen-encoder")
+    model = copy.deepcopy(base.model)
+    configure_trainable(model, cfg.trainable)  # LoRA adapters (if any) exist before the first snapshot
+    _frozen(model)
+    base_val = best_val = _validate(model, run.val, run.num_passes)
     reports: list[RoundReport] = []
-    messages: list[str] = []
     calibrated = False
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_state = _snapshot(model)
     for r in range(1, int(rounds) + 1):
         t0 = time.time()
-        model.eval()
-        predictor = Predictor(model, cache_id, cache)
-        cal = calibrator or fit_calibrator(predictor, store_dirs, num_passes, cfg.reward, cfg.max_side)
-        calibrated = cal.calibrated
-        ref = copy.deepcopy(model).eval()
-        pseudo: list[_Item] = []
-        confs = []
-        for i, rgb in enumerate(images):
-            if should_cancel is not None and should_cancel():
-                raise TrainingCancelled(f"self-improvement cancelled in round {r}")
-            sc = score_image(predictor, rgb, cal, num_passes, cfg.tta, max_side=None)
-            cands = sc.candidates
-            ci, ri = sc.chosen, sc.rejected
-            conf = float(cal.expected_dice(cfg.reward.self_score(sc.self_feats[ci]), cfg.reward.evidence_score(sc.evidence_feats[ci]))[0])
-            if progress:
-                progress(f"round {r}: scoring", i + 1, len(images))
-            if conf < cfg.min_confidence:
-                continue
-            chosen = prepare_sample(Example(rgb, cands.masks[ci].astype(np.int32), "unlabeled", str(i)), s, preprocessing=prep)
-            rejected = prepare_sample(Example(rgb, cands.masks[ri].astype(np.int32), "unlabeled", str(i)), s, preprocessing=prep)
-            if i not in unl_feats:
-                unl_feats[i] = (_encode(model, chosen.image), chosen.valid)
-            feats, valid = unl_feats[i]
-            with torch.no_grad():
-                ref_lr = SamSP(ref, num_passes=num_passes).run_passes(feats)[-1].logits
-            pseudo.append(_Item(feats, chosen.labels, valid, rejected.labels, ref_lr, conf))
-            confs.append(conf)
-        losses = _train_round(model, human, pseudo, cfg, num_passes, should_cancel, progress, r)
-        val = _validate(model, val_ex, num_passes)
-        accepted = val > best_val + cfg.min_delta
-        if accepted:
-            msg = f"round {r}: validation Dice {best_val:.4f} -> {val:.4f}: kept"
-            before, best_val = best_val, val
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        pseudo, calibrated = _pseudo_set(model, run, r)
+        losses, diverged = _train_round(model, pseudo, run, r)
+        val = _validate(model, run.val, run.num_passes)
+        report = _gate(r, best_val, val, pseudo, losses, diverged, cfg.min_delta, time.time() - t0)
+        if report.accepted:
+            best_val, best_state = val, _snapshot(model)
         else:
-            prev = "the base model" if r == 1 else f"the model of round {r - 1}"
-            msg = f"round {r}: validation Dice {val:.4f} did not beat {best_val:.4f}: kept {prev} and stopped"
-            before = best_val
             model.load_state_dict(best_state)
-        log.info(msg)
-        messages.append(msg)
-        reports.append(RoundReport(r, before, val, accepted, len(pseudo), float(np.mean(confs)) if confs else 0.0, losses, time.time() - t0, msg))
-        if not accepted:
+        log.info(report.message)
+        reports.append(report)
+        if not report.accepted:
             break
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    _frozen(model)
     n_ok = sum(rep.accepted for rep in reports)
     summary = (f"self-improvement: {n_ok} of {len(reports)} round(s) kept, validation Dice {base_val:.4f} -> {best_val:.4f}"
                if n_ok else f"self-improvement did not help (validation Dice stays {base_val:.4f}); the base model is kept")
-    card = base_card.child(
+    card = _card(base, run, reports, base_val, best_val, calibrated)
+    return ImprovementReport(model, card, reports, base_val, best_val, summary, calibrated)
+
+
+def _frozen(model: SamModel) -> SamModel:
+    """``model`` in eval mode with no parameter requiring grad (what the scoring and the caller get)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _pseudo_set(model: SamModel, run: _Run, r: int) -> tuple[list[PseudoExample], bool]:
+    """Score every unlabeled image with the current model; -> its pseudo-labelled examples, calibrated?"""
+    cfg = run.cfg
+    predictor = Predictor(model.eval(), run.cache_id, run.cache)
+    cal = run.calibrator or fit_calibrator(predictor, run.store_dirs, run.num_passes, cfg.reward, cfg.max_side)
+    pseudo: list[PseudoExample] = []
+    for i, rgb in enumerate(run.images):
+        if run.should_cancel is not None and run.should_cancel():
+            raise TrainingCancelled(f"self-improvement cancelled in round {r}")
+        sc = score_image(predictor, rgb, cal, run.num_passes, cfg.tta, max_side=None)
+        ci, ri = sc.chosen, sc.rejected
+        conf = float(cal.expected_dice(cfg.reward.self_score(sc.self_feats[ci]), cfg.reward.evidence_score(sc.evidence_feats[ci]))[0])
+        if run.progress:
+            run.progress(f"round {r}: scoring", i + 1, len(run.images))
+        if conf >= cfg.min_confidence:
+            pseudo.append(PseudoExample.from_masks(rgb, sc.candidates.masks[ci], sc.candidates.masks[ri], conf, str(i)))
+    return pseudo, cal.calibrated
+
+
+def round_config(cfg: ImproveConfig, num_passes: int, seed: int, batch_size: int) -> TrainConfig:
+    """The one loop's settings for a self-improvement round (no validation inside: the gate validates)."""
+    human = ObjectiveConfig(num_passes=num_passes, prompts_per_image=cfg.human_prompts,
+                            prompt_weight=1.0 if cfg.human_prompts else 0.0, click_iterations=cfg.click_iterations)
+    return TrainConfig(steps=cfg.steps, batch_size=batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, trainable=tuple(cfg.trainable),
+                       objective=human, augment=cfg.augment, seed=seed, max_bad_steps=cfg.max_bad_steps)
+
+
+def _train_round(model: SamModel, pseudo: list[PseudoExample], run: _Run, r: int) -> tuple[dict[str, float], str | None]:
+    """Train ``model`` in place on corrected + pseudo examples through ``finetune.loop.train``.
+
+    Returns the mean of each loss over the steps taken and, when the loss stayed non-finite, why.
+    """
+    cfg = run.cfg
+    n_h = max(1, cfg.batch_size // 2) if pseudo else cfg.batch_size
+    n_p = max(1, cfg.batch_size - n_h) if pseudo else 0
+    tcfg = round_config(cfg, run.num_passes, cfg.seed + r, n_h + n_p)
+    reference = copy.deepcopy(model).eval()  # the model at the start of the round, frozen
+
+    def objective(m: SamModel, seed: int) -> SelfImproveObjective:
+        return SelfImproveObjective(m, reference, tcfg.objective, seed, beta=cfg.beta, human_weight=cfg.human_weight,
+                                    pseudo_weight=cfg.pseudo_weight, pref_weight=cfg.pref_weight)
+
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def on_loss(step: int, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            if k != "lr":
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+
+    def on_progress(step: int, total: int) -> None:
+        if run.progress:
+            run.progress(f"round {r}: training", step, total)
+
+    callbacks = Callbacks(progress=on_progress, on_loss=on_loss, should_cancel=run.should_cancel)
+    diverged = None
+    try:
+        train(model, run.human + pseudo, (), tcfg, callbacks, device=next(model.parameters()).device,
+              objective=objective, sampler=MixedSampler.factory(n_h, n_p), feature_cache=run.feature_cache)
+    except TrainingCancelled as e:
+        raise TrainingCancelled(f"self-improvement cancelled in round {r}: {e}") from e
+    except TrainingDiverged as e:
+        log.warning("self-improvement round %d: %s", r, e)
+        diverged = str(e)
+    _frozen(model)
+    return {k: sums[k] / counts[k] for k in sums}, diverged
+
+
+def _gate(r: int, best_val: float, val: float, pseudo: list[PseudoExample], losses: dict[str, float],
+          diverged: str | None, min_delta: float, seconds: float) -> RoundReport:
+    """Keep the round only when validation Dice beats the best so far by more than ``min_delta``."""
+    accepted = diverged is None and val > best_val + min_delta
+    prev = "the base model" if r == 1 else f"the model of round {r - 1}"
+    if accepted:
+        msg = f"round {r}: validation Dice {best_val:.4f} -> {val:.4f}: kept"
+    elif diverged is not None:
+        msg = f"round {r}: training diverged ({diverged}): kept {prev} and stopped"
+    else:
+        msg = f"round {r}: validation Dice {val:.4f} did not beat {best_val:.4f}: kept {prev} and stopped"
+    confs = [p.weight for p in pseudo]
+    return RoundReport(r, best_val, val, accepted, len(pseudo), float(np.mean(confs)) if confs else 0.0, losses, seconds, msg)
+
+
+def _card(base: LoadedModel, run: _Run, reports: list[RoundReport], base_val: float, best_val: float,
+          calibrated: bool) -> dict:
+    """The child model card of the improved model (``save_model`` / ``ModelVersions.add``)."""
+    cfg, base_card = run.cfg, base.model_card
+    return base_card.child(
         parent=base_card.version or base.source,
-        training_data=[{"name": "self-improvement (unlabeled)", "count": len(images)},
-                       {"name": "corrected masks", "count": len(train_ex)}],
+        training_data=[{"name": "self-improvement (unlabeled)", "count": len(run.images)},
+                       {"name": "corrected masks", "count": len(run.human)}],
         steps=cfg.steps * len(reports),
         metrics={"before": {"dice": base_val}, "after": {"dice": best_val}},
         self_improve={"rounds": [rep.__dict__ for rep in reports], "lam": cfg.reward.lam, "beta": cfg.beta,
                       "trainable": list(cfg.trainable), "calibrated": calibrated},
     ).to_dict()
-    return ImprovementReport(model, card, reports, base_val, best_val, summary, calibrated)
-
-
-def _train_round(model: SamModel, human: list[_Item], pseudo: list[_Item], cfg: ImproveConfig, num_passes: int,
-                 should_cancel, progress, r: int) -> dict[str, float]:
-    torch.manual_seed(cfg.seed + r)
-    rng = random.Random(cfg.seed * 1000 + r)
-    model.train()
-    params = configure_trainable(model, cfg.trainable)
-    objective = SelfPromptObjective(model, ObjectiveConfig(num_passes=num_passes, prompts_per_image=cfg.human_prompts,
-                                                        prompt_weight=1.0 if cfg.human_prompts else 0.0, click_iterations=1), seed=cfg.seed + r)
-    sp = SamSP(model, num_passes=num_passes)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    n_h = max(1, cfg.batch_size // 2) if pseudo else cfg.batch_size
-    n_p = max(1, cfg.batch_size - n_h) if pseudo else 0
-    sums: dict[str, float] = {}
-    for step in range(cfg.steps):
-        if should_cancel is not None and should_cancel():
-            raise TrainingCancelled(f"self-improvement cancelled in round {r} at step {step}")
-        hb = [rng.choice(human) for _ in range(n_h)]
-        total = torch.zeros(())
-        parts: dict[str, torch.Tensor] = {}
-        hl = objective(None, torch.stack([h.labels for h in hb]), torch.stack([h.valid for h in hb]), features=_cat([h.features for h in hb]))
-        parts["human"] = hl["total"]
-        total = total + cfg.human_weight * hl["total"]
-        if n_p:
-            pb = [rng.choice(pseudo) for _ in range(n_p)]
-            feats = _cat([p.features for p in pb])
-            valid = torch.stack([p.valid for p in pb])[:, None]
-            chosen = torch.stack([(p.labels > 0) for p in pb])[:, None].float()
-            rejected = torch.stack([(p.rejected > 0) for p in pb])[:, None].float()
-            w = torch.tensor([p.weight for p in pb])
-            passes = sp.run_passes(feats)
-            up = [model.upscale_logits(p.logits) for p in passes]
-            seg = sum(
-                sum(w[i] * segmentation_loss(u[i : i + 1], chosen[i : i + 1], valid[i : i + 1].float()) for i in range(len(pb)))
-                for u in up
-            ) / (len(up) * w.sum().clamp_min(1e-6))
-            ref_up = model.upscale_logits(torch.cat([p.ref_logits for p in pb]))
-            pref = preference_loss(up[-1], ref_up, chosen, rejected, valid, cfg.beta)
-            parts["pseudo"], parts["pref"] = seg, pref
-            total = total + cfg.pseudo_weight * seg + cfg.pref_weight * pref
-        opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(total):
-            log.warning("non-finite self-improvement loss at step %d: skipped", step)
-            continue
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        if progress:
-            progress(f"round {r}: training", step + 1, cfg.steps)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return {k: v / max(1, cfg.steps) for k, v in sums.items()}
-
-
-# Public names for recipes that train on pre-encoded items (training/bench_active_learning.py);
-# the private names above stay for the code in this module.
-TrainItem = _Item  # one training image: encoder features, target labels (S, S), valid mask
-train_round = _train_round  # one round of AdamW steps on human + pseudo items; returns mean losses
