@@ -125,6 +125,7 @@ def cmd_segment(args) -> int:
     from .predictor import EmbeddingCache, Predictor
 
     _set_threads(args.threads)
+    project = _open_project(args)
     paths = find_images(args.inputs)
     # Read and check every input before writing anything, so a bad file in a
     # folder stops the run before any output exists. Inputs are kept in memory up to
@@ -146,7 +147,6 @@ def cmd_segment(args) -> int:
         kept += img.nbytes
         images.append(img if kept <= 512 * 2**20 and p not in huge else None)
         del img
-    project = _open_project(args)
     loaded = _load(args, project)
     mode = args.mode or loaded.model_card.mode
     options = SegmentOptions.from_card(loaded.model_card, mode).kwargs()
