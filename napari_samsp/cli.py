@@ -33,10 +33,32 @@ def _set_threads(n: int | None) -> None:
     torch.set_num_threads(n or max(1, os.cpu_count() or 1))
 
 
-def _load(args):
+def _open_project(args, create: bool = False):
+    """The ``--project`` of this command (None without one); must exist unless ``create``."""
+    if getattr(args, "project", None) is None:
+        return None
+    from .errors import DataLayoutError
+    from .project import Project
+
+    project = Project(args.project)
+    if not create and not project.root.is_dir():
+        raise DataLayoutError(f"--project {project.root}: no such folder (the plugin or "
+                              "`samsp finetune --project` creates a project)")
+    return project
+
+
+def _load(args, project=None):
+    """``--model``; without it, the project's active version (when there is a project), else the embedded default."""
     from .models.checkpoints import load_model
 
-    loaded = load_model(args.model, device=args.device, trust=getattr(args, "trust", False))
+    trust = getattr(args, "trust", False)
+    if project is not None and args.model is None:
+        active = project.active_version()
+        print(f"samsp: model: {'the embedded default' if active is None else 'version ' + active.path.stem}"
+              f" (the active model of project {project.root})", file=sys.stderr)
+        loaded = project.load_active(device=args.device, trust=trust)
+    else:
+        loaded = load_model(args.model, device=args.device, trust=trust)
     if loaded.is_random:
         _warn("=" * 70)
         _warn(f"USING A RANDOMLY INITIALISED MODEL ({loaded.source}): its masks are meaningless.")
@@ -103,6 +125,7 @@ def cmd_segment(args) -> int:
     from .predictor import EmbeddingCache, Predictor
 
     _set_threads(args.threads)
+    project = _open_project(args)
     paths = find_images(args.inputs)
     # Read and check every input before writing anything, so a bad file in a
     # folder stops the run before any output exists. Inputs are kept in memory up to
@@ -124,7 +147,7 @@ def cmd_segment(args) -> int:
         kept += img.nbytes
         images.append(img if kept <= 512 * 2**20 and p not in huge else None)
         del img
-    loaded = _load(args)
+    loaded = _load(args, project)
     mode = args.mode or loaded.model_card.mode
     options = SegmentOptions.from_card(loaded.model_card, mode).kwargs()
     if args.passes and mode != "everything":
@@ -135,7 +158,7 @@ def cmd_segment(args) -> int:
         from .everything import EverythingOptions
 
         EverythingOptions.from_kwargs(**options)
-    predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache(None))
+    predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache(None)) if project is None else project.predictor(loaded)
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     total_objects = 0
@@ -176,7 +199,8 @@ def cmd_finetune(args) -> int:
     from .models.checkpoints import save_model
 
     _set_threads(args.threads)
-    base = _load(args)
+    project = _open_project(args, create=True)
+    base = _load(args, project)
     cfg = default_finetune_config(args.steps)
     if args.trainable:
         cfg = dataclasses.replace(cfg, trainable=tuple(args.trainable.split(",")))
@@ -190,14 +214,34 @@ def cmd_finetune(args) -> int:
     def on_val(step: int, metrics: dict) -> None:
         print(f"validation at step {step}: Dice {metrics['dice']:.4f}", flush=True)
 
-    result = finetune_model(base, args.data, cfg, Callbacks(progress=progress, on_val=on_val), val_fraction=args.val_split)
+    callbacks = Callbacks(progress=progress, on_val=on_val)
+    if project is not None:
+        return _finetune_into_project(project, base, cfg, callbacks, args)
+    result = finetune_model(base, args.data, cfg, callbacks, val_fraction=args.val_split)
     out = save_model(result.model, args.output, result.card)
     print(f"saved {out}")
-    print(f"validation Dice: before {result.before['dice']:.4f}, after {result.after['dice']:.4f}")
-    if result.kept_base:
-        print(f"no training step beat the base model by {cfg.min_gain} Dice on validation: "
-              f"{out.name} has the base's weights")
-    print(f"final validation Dice: {result.after['dice']:.4f}")
+    _print_finetune_result(result.before, result.after, result.kept_base, cfg.min_gain, out.name)
+    return 0
+
+
+def _print_finetune_result(before: dict, after: dict, kept_base: bool, min_gain: float, name: str) -> None:
+    print(f"validation Dice: before {before['dice']:.4f}, after {after['dice']:.4f}")
+    if kept_base:
+        print(f"no training step beat the base model by {min_gain} Dice on validation: {name} has the base's weights")
+    print(f"final validation Dice: {after['dice']:.4f}")
+
+
+def _finetune_into_project(project, base, cfg, callbacks, args) -> int:
+    """``finetune --project``: the result becomes the project's active version (and is copied to ``-o``)."""
+    from .models.checkpoints import save_model
+
+    outcome = project.finetune(base, cfg, callbacks, data_dirs=args.data, val_fraction=args.val_split)
+    info = outcome.version
+    print(f"version {info.path.stem} is the active model of project {project.root} ({info.path})")
+    if args.output:
+        out = save_model(project.load_version(info, device="cpu").model, args.output, info.card)
+        print(f"saved {out}")
+    _print_finetune_result(outcome.before, outcome.after, outcome.kept_base, cfg.min_gain, info.path.name)
     return 0
 
 
@@ -218,12 +262,17 @@ def cmd_rank(args) -> int:
 
     _set_threads(args.threads)
     paths = find_images(args.inputs)
-    loaded = _load(args)
-    predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache.default())
-    from .work_queue import rank_options
+    project = _open_project(args)
+    loaded = _load(args, project)
+    if project is not None:  # the plugin's ranked queue of this project: the same order
+        rows = project.rank(project.predictor(loaded), paths, loaded.model_card, args.mode, args.store)
+    else:
+        from .work_queue import rank_options
 
-    # The plugin's ranked queue uses the same options (rank_options): both give the same order.
-    for row in rank_paths(predictor, paths, **rank_options(loaded.model_card, args.mode, args.store)):
+        # The plugin's ranked queue uses the same options (rank_options): both give the same order.
+        predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache.default())
+        rows = rank_paths(predictor, paths, **rank_options(loaded.model_card, args.mode, args.store))
+    for row in rows:
         print(json.dumps(row), flush=True)
     return 0
 
@@ -263,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--trust", action="store_true", help="allow unpickling a SAM-UNet .pth (only for files you trust)")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
 
+    def project_arg(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--project", default=None, metavar="DIR", help=f"the plugin's project folder: {what}")
+
     p = sub.add_parser("models", help="list built-in models")
     p.set_defaults(func=cmd_models)
 
@@ -275,16 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", type=int, default=None, help="self-prompting passes K (default: the model card's)")
     p.add_argument("--points-per-side", type=int, default=None, help="everything mode: grid points per side (default 32)")
     model_args(p)
+    project_arg(p, "its active model (unless --model) and its embedding cache")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("finetune", help="fine-tune on folders in the data layout")
-    p.add_argument("--data", action="append", required=True, metavar="DIR")
-    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--data", action="append", default=None, metavar="DIR",
+                   help="training folder (repeatable); with --project the default is the project's store")
+    p.add_argument("-o", "--output", default=None, metavar="OUT",
+                   help="the fine-tuned model (.safetensors); optional with --project")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--val-split", type=float, default=0.2, help="validation fraction where a folder has no splits.json")
     p.add_argument("--trainable", default=None, help="comma list of: encoder, lora, prompt_encoder, mask_decoder, unet")
     p.add_argument("--lr", type=float, default=None)
     model_args(p)
+    project_arg(p, "fine-tune its active model (unless --model) on its store (unless --data); "
+                   "the result is added as a version and activated")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth (JSON)")
@@ -311,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["semantic", "instance"], default=None,
                    help="mode of the masks that are scored (default: the model card's); the plugin's Mode box")
     model_args(p)
+    project_arg(p, "its active model (unless --model), its store's calibration (unless --store) and its cache")
     p.set_defaults(func=cmd_rank)
     return ap
 

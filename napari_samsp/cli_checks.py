@@ -91,6 +91,24 @@ def _data_has_foreground(dirs) -> None:
     )
 
 
+def _finetune_targets(args: argparse.Namespace) -> None:
+    """``finetune`` needs ``--data`` and ``-o`` unless ``--project`` supplies them (its store, a new version)."""
+    if args.command != "finetune":
+        return
+    if args.project is not None:
+        from .project import Project
+
+        project = Project(args.project)
+        if not args.data and project.store_count() == 0:
+            raise DataLayoutError(f"--project {project.root}: its annotation store has no corrected images yet; "
+                                  "send corrections from the plugin first, or pass --data DIR")
+        return
+    if not args.data:
+        raise SamspError("--data DIR is required (or --project DIR to train on the project's annotation store)")
+    if args.output is None:
+        raise SamspError("-o OUT is required (or --project DIR to add the model to the project as a new version)")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """All argument checks of one ``samsp`` command; raises SamspError on the first problem."""
     cmd = getattr(args, "command", None)
@@ -107,5 +125,7 @@ def check_args(args: argparse.Namespace) -> None:
         split = getattr(args, "val_split", None)
         if split is not None and not (0.0 <= split < 1.0):
             raise SamspError(f"--val-split is the share of images kept for validation: a number in [0, 1), got {split}")
-        check_output_file(args.output)
-        _data_has_foreground(args.data)
+        _finetune_targets(args)
+        if args.output is not None:
+            check_output_file(args.output)
+        _data_has_foreground(args.data or [Path(args.project) / "store"])

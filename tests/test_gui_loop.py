@@ -320,7 +320,7 @@ def test_break8_finetune_that_kept_the_base_adds_no_version(annotator, qtbot, mo
     w.session.store_changed.emit()
     before = w.session.loaded
 
-    def kept(base, data_dirs, config=None, callbacks=None):
+    def kept(base, data_dirs, config=None, callbacks=None, **kwargs):  # kwargs: val_fraction (run_finetune passes it)
         card = {k: v for k, v in base.card.items() if k != "version"}
         return job.FineTuneResult(base.model, {**card, "metrics": {"kept_base": True}}, {"dice": 0.5}, {"dice": 0.5}, True)
 

@@ -13,7 +13,8 @@ from ..errors import InputImageError, SamspError
 from ..interactive import new_label_id, paint_mask, propagate_object
 from ..local_prompts import Window, WindowedEditor, choose_window, prompt_extent
 from .edits import was_corrected
-from .segment_panel import ensure_embedding, require_model
+from .loading import require_model
+from .segment_panel import ensure_embedding  # the embedding helper moves with the Embedding value (issue 12, point 1)
 
 
 class CorrectPanel(QWidget):
@@ -116,7 +117,7 @@ class CorrectPanel(QWidget):
     def _update_counter(self) -> None:
         n = self.session.store_count()
         self.counter.setText(f"Store: <b>{n}</b> corrected image{'s' if n != 1 else ''}")
-        self.counter.setToolTip(f"Annotation store: {self.session.store_dir}")
+        self.counter.setToolTip(f"Annotation store: {self.session.project.store_dir}")
 
     def ensure_layers(self):
         """Create the labels/prompt layers for the current image (so the user can start clicking)."""

@@ -23,6 +23,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..models.card import as_model_card
+from ..project import version_weights
+from .loading import load_into_session
 
 DEFAULT = "default"
 FILE = "file"
@@ -36,46 +38,8 @@ TRUST_TOOLTIP = (
 )
 
 
-def parent_chain(card: dict, known: dict[str, tuple[str, dict]], limit: int = 8) -> list[str]:
-    """Names of the models ``card`` descends from, nearest first.
-
-    ``known``: model version id -> (readable name, its card) for the models we can look up (the
-    project's versions, the embedded default); an unknown parent is shown by its id's first 8 characters.
-    """
-    chain: list[str] = []
-    seen: set[str] = set()
-    pid = card.get("parent")
-    while pid and str(pid) not in seen and len(chain) < limit:
-        seen.add(str(pid))
-        name, parent_card = known.get(str(pid), (None, None))
-        chain.append(name or str(pid)[:8])
-        pid = (parent_card or {}).get("parent")
-    return chain
-
-
-def known_models(versions) -> dict[str, tuple[str, dict]]:
-    """The embedded default and the project's versions, by model version id."""
-    import json
-
-    known: dict[str, tuple[str, dict]] = {}
-    default_card = Path(__file__).resolve().parents[1] / "weights" / "default.json"
-    try:
-        card = json.loads(default_card.read_text())
-        if card.get("version"):
-            known[str(card["version"])] = ("embedded default", card)
-    except (OSError, ValueError):
-        pass
-    if versions is not None:
-        try:
-            for info in versions.list():
-                known[str(info.version)] = (f"version {info.path.stem}", info.card)
-        except Exception:
-            pass
-    return known
-
-
 def card_html(loaded, lineage: list[str] | None = None) -> str:
-    """A short, readable summary of a model card; ``lineage``: :func:`parent_chain` of it."""
+    """A short, readable summary of a model card; ``lineage``: :meth:`Project.lineage <napari_samsp.project.Project.lineage>` of it."""
     card = as_model_card(loaded.card)
     cfg = card.config
     source = str(loaded.source)
@@ -222,10 +186,10 @@ class ModelPanel(QWidget):
                 raise WeightsError("choose a weights file first")
             return text, Path(text).name
         if key == ACTIVE_VERSION:
-            versions = self.session.versions
-            active = None if versions is None else versions.active()
+            project = self.session.project
+            active = project.active_version()
             if active is None:
-                raise WeightsError(f"no active fine-tuned version in {self.session.models_dir} yet")
+                raise WeightsError(f"no active fine-tuned version in {project.models_dir} yet")
             return str(version_weights(active.path)), f"version {active.version}"
         return key, key
 
@@ -252,60 +216,5 @@ class ModelPanel(QWidget):
         if loaded is None:
             self.card.setText("No model loaded.")
         else:
-            s = self.session
-            versions = s.versions if (s.models_dir / "versions").is_dir() else None
-            self.card.setText(card_html(loaded, parent_chain(loaded.card or {}, known_models(versions))))
+            self.card.setText(card_html(loaded, self.session.project.lineage(loaded.card or {})))
         self.card.setToolTip("" if loaded is None else f"weights: {loaded.source}\nmodel id: {loaded.model_id}")
-
-
-def version_weights(path: Path) -> Path:
-    """The weights file of a model version (a file, or a folder holding one .safetensors)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-        if files:
-            return files[0]
-    return path
-
-
-def load_into_session(session, target, device: str, trust: bool, label: str, on_loaded=None, remember_base: bool = True):
-    """Start a worker that loads ``target`` and installs it with a fresh predictor.
-
-    ``remember_base``: this is the user's base model (what a rollback past the first
-    fine-tuned version returns to), not a project version.
-    """
-    cache_dir = session.cache_dir
-
-    def work(ctx):
-        from ..models.checkpoints import load_model
-        from ..predictor import EmbeddingCache, Predictor
-
-        loaded = load_model(target, device=device, trust=trust)
-        predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache(cache_dir, max_memory_entries=8))
-        return loaded, predictor
-
-    def done(result):
-        loaded, predictor = result
-        session.device = device
-        if remember_base:
-            session.base_target = (target, trust)
-        session.set_model(loaded, predictor)
-        msg = f"model loaded: {label} ({loaded.model_card.config_name or '?'}, on {predictor.device})"
-        if loaded.is_random:
-            session.messages.warning(msg + " — random weights: masks are meaningless until trained")
-        else:
-            session.messages.info(msg)
-        if on_loaded is not None:
-            on_loaded(loaded)
-
-    def failed(exc):
-        kept = "" if session.loaded is None else " (the previous model stays loaded)"
-        session.messages.error(f"could not load {label}: {_one_line(exc)}{kept}")
-
-    return session.tasks.start("model", f"loading model {label}", work, on_done=done, on_error=failed)
-
-
-def _one_line(exc: BaseException) -> str:
-    from .notify import describe
-
-    return describe(exc)

@@ -111,15 +111,14 @@ class QueuePanel(QWidget):
             s.messages.status(f"queue: {len(s.queue)} images from {folder}")
             self.next_image()
             return True
-        predictor = s.predictor
-        from ..work_queue import rank_options
-
-        # The same options as `samsp rank --mode MODE --store STORE` with this model: the same order.
-        kwargs = rank_options(s.loaded.model_card if s.loaded is not None else None, self.segment_panel.mode.currentText(),
-                              s.store_dir if s.store_count() else None)
+        predictor, project = s.predictor, s.project
+        card = s.loaded.model_card if s.loaded is not None else None
+        mode = self.segment_panel.mode.currentText()
+        mode = mode if mode in ("semantic", "instance") else None  # everything: rank the card's self-prompted masks
 
         def work(ctx):
-            return WorkQueue.from_folder(folder, predictor=predictor, progress=ctx.report, **kwargs)
+            # `samsp rank --project` ranks alike: the same order.
+            return project.ranked_queue(folder, predictor, card, mode, progress=ctx.report)
 
         def done(queue):
             s.queue = queue

@@ -9,6 +9,7 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGridLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..errors import SamspError
+from .loading import require_model
 from .workspace import Workspace, check_image_layer
 
 
@@ -21,13 +22,6 @@ def describe_labels(labels: np.ndarray, mode: str) -> str:
 
     n = int(ndimage.label(np.asarray(labels) > 0)[1])
     return f"{n} foreground region{'s' if n != 1 else ''}"
-
-
-def require_model(session) -> bool:
-    if session.predictor is None:
-        session.messages.error("no model loaded: load one in the Model section first")
-        return False
-    return True
 
 
 def ensure_embedding(session, ws: Workspace, z: int | None, then=None, window=None) -> bool:

@@ -1,34 +1,23 @@
 """Per-widget session state (deliberately not a module-level singleton).
 
 One :class:`Session` per annotator widget holds the loaded model and its predictor,
-the project folder with its annotation store and model versions, the current
+the :class:`~napari_samsp.project.Project` (store, model versions, embedding cache: the
+layout is the project's, shared with ``samsp --project``), the current
 :class:`~napari_samsp._ui.workspace.Workspace` (image + companion layers), the
 object being edited, the undo history and the work queue.
-
-Project folder layout::
-
-    <project>/store/     the annotation store (a training folder in the data layout)
-    <project>/models/    fine-tuned model versions
-    <project>/cache/     image embeddings
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from psygnal import Signal
 
 from ..interactive import LabelsHistory
+from ..project import Project, default_project
 from .notify import Messenger
 
-DEFAULT_PROJECT = Path.home() / "napari-samsp-project"
-
-
-def default_project() -> Path:
-    """``$SAMSP_PROJECT`` or ``~/napari-samsp-project``."""
-    env = os.environ.get("SAMSP_PROJECT")
-    return Path(env).expanduser() if env else DEFAULT_PROJECT
+__all__ = ["Session", "default_project"]
 
 
 class Session:
@@ -42,7 +31,7 @@ class Session:
     def __init__(self, viewer, project: str | Path | None = None) -> None:
         self.viewer = viewer
         self.messages = Messenger()
-        self.project = Path(project).expanduser() if project else default_project()
+        self.project = Project(project if project else default_project())
         self.device = "auto"
         self.base_target: tuple | None = None  # (name_or_path, trust) of the user's base model
         self.loaded = None  # LoadedModel
@@ -55,61 +44,27 @@ class Session:
         self.queue = None  # work_queue.WorkQueue
         self.tasks = None  # TaskRunner, set by the widget (needs Qt)
         self.edits = None  # edits.EditTracker, set by the widget
-        self._store = None
-        self._versions = None
 
     # -- project -------------------------------------------------------------------
     def set_project(self, folder: str | Path) -> None:
-        path = Path(folder).expanduser()
-        if path.exists() and not path.is_dir():
-            from ..errors import DataLayoutError
-
-            raise DataLayoutError(f"project folder {path} is a file")
-        self.project = path
-        self._store = None
-        self._versions = None
-        self.project_changed.emit(path)
+        """Switch to the project in ``folder``; DataLayoutError when it is a file."""
+        self.project = Project(folder)
+        self.project_changed.emit(self.project.root)
         self.store_changed.emit()
 
     @property
-    def store_dir(self) -> Path:
-        return self.project / "store"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.project / "models"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.project / "cache"
-
-    @property
     def store(self):
-        """The project's AnnotationStore (created on first use)."""
-        if self._store is None or self._store.root != self.store_dir:
-            from ..store import AnnotationStore
-
-            self._store = AnnotationStore(self.store_dir)
-        return self._store
+        """The project's AnnotationStore (a shortcut for ``project.store``)."""
+        return self.project.store
 
     def store_count(self) -> int:
-        """Corrected images in the store, without creating it."""
-        if not (self.store_dir / "manifest.jsonl").exists():
-            return 0
-        try:
-            return self.store.corrected_count()
-        except Exception:
-            return 0
+        """Corrected images in the project's store, without creating it."""
+        return self.project.store_count()
 
     @property
     def versions(self):
-        """The project's ModelVersions (created on first use)."""
-        from ..finetune.versions import ModelVersions
-
-        if self._versions is None:
-            self.models_dir.mkdir(parents=True, exist_ok=True)
-            self._versions = ModelVersions(self.models_dir)
-        return self._versions
+        """The project's ModelVersions (a shortcut for ``project.versions``)."""
+        return self.project.versions
 
     # -- model ---------------------------------------------------------------------
     def set_model(self, loaded, predictor) -> None:

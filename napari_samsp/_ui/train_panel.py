@@ -20,7 +20,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .model_panel import load_into_session, version_weights
+from ..errors import SamspError
+from ..project import version_weights
+from .loading import load_into_session
 from .plot import TrainingPlot
 
 
@@ -45,13 +47,10 @@ IMPROVE_TIP = (
 )
 
 
-def _load_version(info, device, cache_dir):
+def _load_version(project, info, device):
     """Load a saved version and its predictor (in a worker thread)."""
-    from ..models.checkpoints import load_model
-    from ..predictor import EmbeddingCache, Predictor
-
-    new = load_model(str(version_weights(info.path)), device=device)
-    return new, Predictor(new.model, new.model_id, EmbeddingCache(cache_dir, max_memory_entries=8))
+    new = project.load_version(info, device=device)
+    return new, project.predictor(new)
 
 
 def _spin_box(low: int, high: int, value: int, tooltip: str) -> QSpinBox:
@@ -170,38 +169,33 @@ class TrainPanel(QWidget):
         return failed
 
     def _ready_to_train(self, action: str, store_hint: str):
-        """The project's versions when a model is loaded and the store has corrections; else None (user told why)."""
+        """The project when a model is loaded and its store has corrections; else None (user told why)."""
         s = self.session
         if s.loaded is None:
             s.messages.error(f"no model loaded: load the model to {action} first")
             return None
-        if s.versions is None:
-            s.messages.error(f"{action} is not available in this installation (napari_samsp.finetune missing)")
-            return None
-        if s.store_count() == 0:
+        if s.project.store_count() == 0:
             s.messages.error(
-                f"{store_hint}the annotation store {s.store_dir} is empty: correct a few images and send them first"
+                f"{store_hint}the annotation store {s.project.store_dir} is empty: correct a few images and send them first"
             )
             return None
-        return s.versions
+        return s.project
 
     def start_finetune(self, steps: int | None = None):
         """Start fine-tuning in a worker; returns the task or None (after telling the user why)."""
         s = self.session
         if steps is not None:
             self.steps.setValue(int(steps))
-        versions = self._ready_to_train("fine-tune", "")
-        if versions is None:
+        project = self._ready_to_train("fine-tune", "")
+        if project is None:
             return None
         loaded = s.loaded
-        data_dir = s.store_dir
         device = s.device
-        cache_dir = s.cache_dir
         n_steps = int(self.steps.value())
         relay = self._relay
 
         def work(ctx):
-            from ..finetune.job import default_finetune_config, run_finetune
+            from ..finetune.job import default_finetune_config
             from ..finetune.loop import Callbacks
 
             base = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
@@ -211,11 +205,10 @@ class TrainPanel(QWidget):
                 on_val=lambda step, d: relay.val.emit(int(step), dict(d)),
                 should_cancel=ctx.cancelled,
             )
-            outcome = run_finetune(base, [data_dir], versions, default_finetune_config(n_steps), callbacks,
-                                   version_if_kept=False)
+            outcome = project.finetune(base, default_finetune_config(n_steps), callbacks, version_if_kept=False)
             if outcome.version is None:  # no step beat the current model: nothing new to load
                 return outcome, None, None
-            new, predictor = _load_version(outcome.version, device, cache_dir)
+            new, predictor = _load_version(project, outcome.version, device)
             return outcome, new, predictor
 
         def done(result):
@@ -242,7 +235,7 @@ class TrainPanel(QWidget):
         self.result.setText("")
         self.bar.setRange(0, n_steps)
         self.bar.setValue(0)
-        task = s.tasks.start("train", f"fine-tuning {n_steps} steps on {s.store_count()} images", work,
+        task = s.tasks.start("train", f"fine-tuning {n_steps} steps on {project.store_count()} images", work,
                              on_done=done, on_error=failed, total=n_steps)
         if task is not None:
             task.progress_listeners.append(self._on_progress)
@@ -269,11 +262,7 @@ class TrainPanel(QWidget):
         """The queue's images not in the store yet, else the current image (plane) of the workspace."""
         s = self.session
         if s.queue is not None:
-            try:
-                sources = {str(e.source) for e in s.store.entries() if e.source} if s.store_count() else set()
-            except Exception:
-                sources = set()
-            return [p for p in s.queue.items if p not in s.queue.sent and str(p) not in sources]
+            return s.project.not_in_store([p for p in s.queue.items if p not in s.queue.sent])
         ws = s.workspace
         if ws is None or ws.image not in s.viewer.layers:
             return []
@@ -286,34 +275,33 @@ class TrainPanel(QWidget):
             self.rounds.setValue(int(rounds))
         if steps is not None:
             self.improve_steps.setValue(int(steps))
-        versions = self._ready_to_train("improve", "self-improvement needs corrected masks: ")
-        if versions is None:
+        project = self._ready_to_train("improve", "self-improvement needs corrected masks: ")
+        if project is None:
             return None
-        unlabeled = self._unlabeled()
+        try:
+            unlabeled = self._unlabeled()
+        except SamspError as exc:
+            s.messages.exception(exc, "reading the annotation store")
+            return None
         if not unlabeled:
             s.messages.error("no unlabeled images to improve on: open a queue folder or an image first")
             return None
         loaded = s.loaded
-        data_dir = s.store_dir
         device = s.device
-        cache_dir = s.cache_dir
         n_rounds = int(self.rounds.value())
         n_steps = int(self.improve_steps.value())
 
         def work(ctx):
-            from ..reward.improve import ImproveConfig, self_improve
+            from ..reward.improve import ImproveConfig
 
-            report = self_improve(
-                base=loaded, unlabeled=unlabeled, store_dirs=[data_dir], rounds=n_rounds,
-                config=ImproveConfig(steps=n_steps), progress=lambda stage, done, total: ctx.report(done, total),
-                should_cancel=ctx.cancelled,
+            outcome = project.self_improve(
+                loaded, unlabeled, rounds=n_rounds, config=ImproveConfig(steps=n_steps),
+                progress=lambda stage, done, total: ctx.report(done, total), should_cancel=ctx.cancelled,
             )
-            if not report.improved:
-                return report, None, None
-            info = versions.add(report.model, report.card)
-            versions.activate(info.version)
-            new, predictor = _load_version(info, device, cache_dir)
-            return report, new, predictor
+            if outcome.version is None:
+                return outcome.report, None, None
+            new, predictor = _load_version(project, outcome.version, device)
+            return outcome.report, new, predictor
 
         def done(result):
             report, new, predictor = result
@@ -339,7 +327,8 @@ class TrainPanel(QWidget):
     # -- versions ----------------------------------------------------------------------------
     def refresh_versions(self) -> None:
         self.versions_list.clear()
-        versions = self.session.versions if (self.session.models_dir / "versions").is_dir() else None
+        project = self.session.project
+        versions = project.versions if project.has_versions() else None
         if versions is None:
             item = QListWidgetItem("(no fine-tuned versions yet)")
             item.setFlags(Qt.NoItemFlags)
@@ -364,9 +353,7 @@ class TrainPanel(QWidget):
     def _switch_version(self, change, what: str):
         """Run ``change(versions) -> VersionInfo | None`` unless the model is busy, then load the result."""
         s = self.session
-        versions = s.versions
-        if versions is None:
-            return None
+        versions = s.project.versions
         if s.tasks.busy("model"):
             s.messages.info(f"busy: {s.tasks.describe('model')}")
             return None
@@ -392,10 +379,9 @@ class TrainPanel(QWidget):
     def rollback(self):
         """Re-activate the previously active version (or the base model) and load it."""
         s = self.session
-        versions = s.versions if (s.models_dir / "versions").is_dir() else None
         try:
-            on_base = versions is None or (versions.active() is None and not versions._state().get("previous"))
-        except Exception:
+            on_base = not s.project.can_roll_back()
+        except (SamspError, OSError):  # an unreadable active.json: let rollback report it
             on_base = False
         if on_base:
             s.messages.info("nothing to roll back: you are using the base model, which has not been fine-tuned yet")

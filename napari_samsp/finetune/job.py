@@ -134,15 +134,16 @@ def run_finetune(
     config: TrainConfig | None = None,
     callbacks: Callbacks | None = None,
     version_if_kept: bool = True,
+    val_fraction: float = 0.2,
 ) -> FineTuneOutcome:
     """Fine-tune, save the result as a new version and activate it.
 
     ``version_if_kept=False``: when no trained step beat the base (the result holds the base's
     weights), add no version and leave the active one as it is (``outcome.version`` is None).
+    ``val_fraction``: as in :func:`finetune_model`.
     """
-    result = finetune_model(base, data_dirs, config, callbacks)
+    result = finetune_model(base, data_dirs, config, callbacks, val_fraction=val_fraction)
     if result.kept_base and not version_if_kept:
         return FineTuneOutcome(None, result.before, result.after, True)
-    info = versions.add(result.model, result.card)
-    versions.activate(info.version)
+    info = versions.add_active(result.model, result.card)
     return FineTuneOutcome(info, result.before, result.after, result.kept_base)

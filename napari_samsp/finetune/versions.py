@@ -116,6 +116,16 @@ class ModelVersions:
             save_model(model, path, {**card, "version": version})
         return self.get(version)
 
+    def add_active(self, model: SamModel, card: dict[str, Any]) -> VersionInfo:
+        """Save ``model`` as a new version and activate it (what fine-tuning and self-improvement both do)."""
+        info = self.add(model, card)
+        self.activate(info.version)
+        return info
+
+    def previous(self) -> list[str | None]:
+        """The versions active before the current one, oldest first (None: the base model)."""
+        return list(self._state().get("previous", []))
+
     def activate(self, version: str | None) -> VersionInfo | None:
         """Make ``version`` active (None: the base model); remembers the previous one for rollback."""
         info = self.get(version) if version else None
