@@ -123,8 +123,8 @@ def _score_embedding(
     cands = generate_candidates(predictor, emb, num_passes=num_passes, tta=tta)
     cues = ImageCues.from_rgb(rgb)
     sf, bc, pooled = _features(predictor, emb, cands, cues)
-    emb = embedding_score(pooled[0], pooled[1], protos)[:, None]
-    ef = np.concatenate([bc, emb], axis=1)
+    similarity = embedding_score(pooled[0], pooled[1], protos)[:, None]
+    ef = np.concatenate([bc, similarity], axis=1)
     s, e = cfg.self_score(sf), cfg.evidence_score(ef)
     a = cands.auto_index
     desc = global_embedding(emb.features.embeddings, emb.transform.resized_size, predictor.model.img_size)
@@ -250,9 +250,9 @@ def collect_store_samples(
     s_list, e_list, d_list = [], [], []
     for stem, sc, a, gfg, gbg, d in rows:
         loo = protos.without(gfg, gbg)
-        emb = embedding_score(sc.pooled[0][a : a + 1], sc.pooled[1][a : a + 1], loo)[0]
+        similarity = embedding_score(sc.pooled[0][a : a + 1], sc.pooled[1][a : a + 1], loo)[0]
         ef = sc.evidence_feats[a].copy()
-        ef[2] = emb
+        ef[2] = similarity
         s_list.append(float(cfg.self_score(sc.self_feats[a])[0]))
         e_list.append(float(cfg.evidence_score(ef)[0]))
         d_list.append(float(d))
