@@ -179,7 +179,8 @@ class CorrectPanel(QWidget):
         prompts = ws.prompts(z)
         window = self._window(ws, z, prompts)
         whole = window == Window(0, ws.spatial[-2], 0, ws.spatial[-1])
-        if not ensure_embedding(s, ws, z, then=lambda: self.decode(restart=True), window=None if whole else window):
+        emb = ensure_embedding(s, ws, z, then=lambda: self.decode(restart=True), window=None if whole else window)
+        if emb is None:
             return False
         t0 = time.perf_counter()
         layer = ws.labels
@@ -205,7 +206,9 @@ class CorrectPanel(QWidget):
                         layer.selected_label = label_id
                         key = (ws.key, z, label_id)
                 s.history.push(ws.key, z, plane)
-                editor = WindowedEditor(s.predictor, plane, label_id, window, multimask_first_click=s.official_weights)
+                editor = WindowedEditor(
+                    s.predictor, plane, label_id, window, multimask_first_click=s.official_weights, embedding=emb
+                )
                 s.editor, s.editor_key = editor, key
                 restart = False
             t1 = time.perf_counter()
@@ -327,8 +330,6 @@ class CorrectPanel(QWidget):
             )
 
         def done(masks):
-            if self.session.predictor is predictor:
-                s.embedded = None
             if not masks:
                 s.messages.info(f"object {label_id} did not carry over to the neighbouring slices")
                 return
