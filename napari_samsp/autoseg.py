@@ -179,6 +179,17 @@ def _object_prompts(labels: np.ndarray, ids: list[int], slices: list, shape: tup
     return boxes, points
 
 
+def _piece_on_seed(dec: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected piece of a decoded (h, w) mask that covers the seed object most (the largest if none does)."""
+    comp, n = ndimage.label(dec)
+    if n <= 1:
+        return dec
+    overlap = np.bincount(comp[seed], minlength=n + 1)
+    overlap[0] = 0
+    keep = int(np.argmax(overlap)) if overlap.any() else 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
+    return comp == keep
+
+
 def _refine_instances(
     predictor: Predictor,
     emb: Embedding,
@@ -231,14 +242,7 @@ def _refine_instances(
                 slice(max(0, xs.start - ext_x), min(shape[1], xs.stop + ext_x)),
             )
             seed = seeds[roi] == oid
-            dec = np.asarray(masks[j][roi], bool)
-            if dec.any():
-                comp, n = ndimage.label(dec)
-                if n > 1:  # keep the piece that covers the seed object most
-                    overlap = np.bincount(comp[seed], minlength=n + 1)
-                    overlap[0] = 0
-                    keep = int(np.argmax(overlap)) if overlap.any() else 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
-                    dec = comp == keep
+            dec = _piece_on_seed(np.asarray(masks[j][roi], bool), seed)
             inter = np.count_nonzero(dec & seed)
             union = np.count_nonzero(dec | seed)
             if union == 0 or inter / union < min_iou:

@@ -372,6 +372,40 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return int(np.count_nonzero(a & b)) / union if union else 0.0
 
 
+def _carry_to_slice(predictor, plane: np.ndarray, mask: np.ndarray, tile: int | None, overlap: int | None, use_point: bool):
+    """One step of :func:`propagate_object`: the candidate on ``plane`` that overlaps the previous slice's
+    ``mask`` most, as (mask in window coordinates or None, its IoU with the previous mask there, window)."""
+    from .local_prompts import Window, choose_window, confine_mask, shift_prompts
+
+    h, w = mask.shape
+    box = mask_box(mask, margin=max(3.0, 0.2 * float(np.sqrt(int(mask.sum())))))
+    assert box is not None
+    extent = (float(box[1]), float(box[0]), float(box[3]), float(box[2]))
+    win = choose_window((h, w), extent, tile, overlap or 0) if tile else Window(0, h, 0, w)
+    emb = predictor.embed(plane[win.slices])
+    prompts = [PromptSet(box=box)]
+    if use_point:
+        r, c = innermost_pixel(mask)  # type: ignore[misc]
+        prompts.append(PromptSet(np.array([[c, r]], np.float32), np.array([1], np.int64), box))
+    prev = mask[win.slices]
+    best, best_iou = None, -1.0
+    for i, ps in enumerate(prompts):
+        local = shift_prompts(ps, win)
+        pred = predictor.predict(
+            point_coords=local.points if len(local.points) else None,
+            point_labels=local.labels if len(local.points) else None,
+            box=local.box,
+            multimask_output=i == 0,
+            embedding=emb,
+        )
+        for cand in pred.masks:
+            cand = confine_mask(cand, local)
+            score = _iou(cand, prev)
+            if score > best_iou:
+                best, best_iou = cand, score
+    return best, best_iou, win
+
+
 def propagate_object(
     predictor,
     planes: Callable[[int], np.ndarray],
@@ -421,8 +455,6 @@ def propagate_object(
     Returns:
         {z: (H, W) bool mask} for every slice reached (``z0`` excluded).
     """
-    from .local_prompts import Window, choose_window, confine_mask, shift_prompts
-
     del start_logits
     mask0 = np.asarray(labels[z0]) == label_id
     if not mask0.any():
@@ -440,45 +472,15 @@ def propagate_object(
             if cancel is not None and cancel():
                 raise PropagationCancelled("propagation cancelled")
             area = int(mask.sum())
-            box = mask_box(mask, margin=max(3.0, 0.2 * float(np.sqrt(area))))
-            assert box is not None
-            extent = (float(box[1]), float(box[0]), float(box[3]), float(box[2]))
-            win = choose_window((h, w), extent, tile, overlap or 0) if tile else Window(0, h, 0, w)
-            plane = np.asarray(planes(z))
-            emb = predictor.embed(plane[win.slices])
-            prompts = [PromptSet(box=box)]
-            if use_point:
-                r, c = innermost_pixel(mask)  # type: ignore[misc]
-                prompts.append(PromptSet(np.array([[c, r]], np.float32), np.array([1], np.int64), box))
-            prev = mask[win.slices]
-            best, best_iou = None, -1.0
-            for i, ps in enumerate(prompts):
-                local = shift_prompts(ps, win)
-                pred = predictor.predict(
-                    point_coords=local.points if len(local.points) else None,
-                    point_labels=local.labels if len(local.points) else None,
-                    box=local.box,
-                    multimask_output=i == 0,
-                    embedding=emb,
-                )
-                for cand in pred.masks:
-                    cand = confine_mask(cand, local)
-                    score = _iou(cand, prev)
-                    if score > best_iou:
-                        best, best_iou = cand, score
+            best, best_iou, win = _carry_to_slice(predictor, np.asarray(planes(z)), mask, tile, overlap, use_point)
             steps += 1
             done += 1
             if progress is not None:
                 progress(done, total)
+            prev = mask[win.slices]
             n = 0 if best is None else int(best.sum())
             inside = int(np.count_nonzero(best & prev)) / n if n else 0.0
-            if (
-                n < min_area
-                or best_iou < min_overlap
-                or inside < min_inside
-                or n > max_growth * area
-                or n * max_growth < area
-            ):
+            if n < min_area or best_iou < min_overlap or inside < min_inside or n > max_growth * area or n * max_growth < area:
                 break
             new = np.zeros((h, w), bool)
             new[win.slices] = best
