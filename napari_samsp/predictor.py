@@ -369,7 +369,12 @@ def as_plane(image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
 
 
 class Predictor:
-    """Prompted segmentation of one 2D image at a time.
+    """Prompted segmentation of 2D images: the model, its device and the embedding cache.
+
+    :meth:`embed` turns an image into an :class:`~napari_samsp.embedding.Embedding`; the
+    decoding methods take it as ``embedding=`` and leave the predictor unchanged, so one
+    predictor serves any number of images and threads. :meth:`set_image` keeps one
+    embedding for calls without ``embedding`` (upstream ``SamPredictor``'s style).
 
     Args:
         model: a :class:`SamModel` (plain SAM or SAM-UNet), in eval mode.
