@@ -28,6 +28,7 @@ from skimage.segmentation import relabel_sequential, watershed
 from .errors import SamspError
 from .models.card import DEFAULT_MODE, DEFAULT_NUM_PASSES, ModelCard, SegmentOptions, as_model_card
 from .models.sam_sp import SamSP
+from .embedding import Embedding
 from .predictor import Predictor, as_plane
 from .tiling import blend_weights, merge_instance_tiles, plan_tiles
 from .contrast import apply_stretch, stretch_limits
@@ -151,9 +152,9 @@ def split_instances(foreground: np.ndarray, min_size: int = 8) -> np.ndarray:
     return labels
 
 
-def _run_passes(predictor: Predictor, num_passes: int, use_points: bool) -> list:
+def _run_passes(predictor: Predictor, emb: Embedding, num_passes: int, use_points: bool) -> list:
     with torch.inference_mode():
-        return SamSP(predictor.model, num_passes=num_passes, use_points=use_points).run_passes(predictor.features)
+        return SamSP(predictor.model, num_passes=num_passes, use_points=use_points).run_passes(emb.features)
 
 
 def _object_prompts(labels: np.ndarray, ids: list[int], slices: list, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -178,8 +179,20 @@ def _object_prompts(labels: np.ndarray, ids: list[int], slices: list, shape: tup
     return boxes, points
 
 
+def _piece_on_seed(dec: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected piece of a decoded (h, w) mask that covers the seed object most (the largest if none does)."""
+    comp, n = ndimage.label(dec)
+    if n <= 1:
+        return dec
+    overlap = np.bincount(comp[seed], minlength=n + 1)
+    overlap[0] = 0
+    keep = int(np.argmax(overlap)) if overlap.any() else 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
+    return comp == keep
+
+
 def _refine_instances(
     predictor: Predictor,
+    emb: Embedding,
     seeds: np.ndarray,
     fallback_logits: np.ndarray,
     fallback_score: float,
@@ -211,7 +224,10 @@ def _refine_instances(
     for start in range(0, len(ids), max(1, batch_size)):
         stop = min(len(ids), start + max(1, batch_size))
         logits, _, scores = predictor.decode_batch(
-            boxes=boxes[start:stop], point_coords=points[start:stop], point_labels=np.ones((stop - start, 1), np.int64)
+            boxes=boxes[start:stop],
+            point_coords=points[start:stop],
+            point_labels=np.ones((stop - start, 1), np.int64),
+            embedding=emb,
         )
         masks = logits > threshold
         for j in range(stop - start):
@@ -226,14 +242,7 @@ def _refine_instances(
                 slice(max(0, xs.start - ext_x), min(shape[1], xs.stop + ext_x)),
             )
             seed = seeds[roi] == oid
-            dec = np.asarray(masks[j][roi], bool)
-            if dec.any():
-                comp, n = ndimage.label(dec)
-                if n > 1:  # keep the piece that covers the seed object most
-                    overlap = np.bincount(comp[seed], minlength=n + 1)
-                    overlap[0] = 0
-                    keep = int(np.argmax(overlap)) if overlap.any() else 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
-                    dec = comp == keep
+            dec = _piece_on_seed(np.asarray(masks[j][roi], bool), seed)
             inter = np.count_nonzero(dec & seed)
             union = np.count_nonzero(dec | seed)
             if union == 0 or inter / union < min_iou:
@@ -301,7 +310,7 @@ def card_segment_options(card: ModelCard | dict | None, mode: str | None = None)
 
 def segment(
     predictor: Predictor,
-    image: np.ndarray | None = None,
+    image: np.ndarray | Embedding | None = None,
     mode: str = "semantic",
     num_passes: int | None = DEFAULT_NUM_PASSES,
     use_points: bool = False,
@@ -310,11 +319,12 @@ def segment(
     refine_instances: bool = True,
     batch_size: int = 32,
 ) -> AutoSegResult:
-    """Prompt-free segmentation of one 2D image (the predictor's current one when ``image`` is None).
+    """Prompt-free segmentation of one 2D image, decoded from its embedding (the predictor is not changed).
 
     Args:
-        predictor: holds the model and the image features.
-        image: a 2D image to set first; None uses the image already set.
+        predictor: holds the model and the embedding cache.
+        image: a 2D image (embedded first, cache first), its :class:`~napari_samsp.embedding.Embedding`
+            (from ``predictor.embed``), or None for the image of ``predictor.set_image``.
         mode: "semantic" (labels {0, 1}) or "instance" (one label per object).
         num_passes: self-prompting passes K (1 = plain prompt-free SAM).
         use_points: add a positive point prompt at the previous pass's most confident pixel.
@@ -327,10 +337,9 @@ def segment(
         :class:`AutoSegResult` on the original pixel grid. An empty foreground gives all-zero labels.
     """
     k = _check_args(mode, threshold, num_passes)
-    if image is not None:
-        predictor.set_image(image)
-    transform = predictor.transform
-    passes = _run_passes(predictor, k, use_points)
+    emb = predictor.embedding_of(image)
+    transform = emb.transform
+    passes = _run_passes(predictor, emb, k, use_points)
     with torch.inference_mode():
         pass_logits = [transform.logits_to_original(p.logits[:1].float())[0, 0].cpu().numpy() for p in passes]
     pass_probs = [(1.0 / (1.0 + np.exp(-lg.astype(np.float64)))).astype(np.float32) for lg in pass_logits]
@@ -343,7 +352,7 @@ def segment(
         return AutoSegResult(labels, prob, scores, pass_probs)
     seeds = split_instances(fg, min_size)
     if refine_instances and seeds.any():
-        inst, scores = _refine_instances(predictor, seeds, pass_logits[-1], final_iou, min_size, batch_size)
+        inst, scores = _refine_instances(predictor, emb, seeds, pass_logits[-1], final_iou, min_size, batch_size)
     else:
         inst = seeds
         scores = {int(i): final_iou for i in np.unique(seeds) if i}
@@ -372,7 +381,7 @@ def _normalise_2d(image: np.ndarray) -> np.ndarray:
 
 def segment_tiled(
     predictor: Predictor,
-    image: np.ndarray,
+    image: np.ndarray | Embedding,
     tile_size: int | None = None,
     overlap: int | None = None,
     mode: str = "semantic",
@@ -386,7 +395,8 @@ def segment_tiled(
     contrast. Semantic: tile probabilities are blended with linear ramps over the
     overlap. Instance: tile labels are merged with
     :func:`~napari_samsp.tiling.merge_instance_tiles`, one label per object.
-    The predictor holds the last tile afterwards.
+    Each tile is embedded on its own (cache first); the predictor is not changed.
+    ``image`` may be an :class:`~napari_samsp.embedding.Embedding`: its normalised plane is tiled.
 
     Args:
         tile_size, overlap: default ``2 * img_size`` and a quarter of the tile.
@@ -397,7 +407,7 @@ def segment_tiled(
     threshold = float(kwargs.get("threshold", 0.5))
     min_size = int(kwargs.get("min_size", 8))
     _check_args(mode, threshold, kwargs.get("num_passes"))
-    rgb = _normalise_2d(image)
+    rgb = image.rgb if isinstance(image, Embedding) else _normalise_2d(image)
     h, w = rgb.shape[:2]
     _, default_tile, _ = default_tiling(predictor.model.img_size)
     tile = int(tile_size or default_tile)
@@ -412,7 +422,7 @@ def segment_tiled(
     for i, (y0, y1, x0, x1) in enumerate(tiles):
         if cancel is not None and cancel():
             raise SegmentationCancelled("segmentation cancelled")
-        res = segment(predictor, rgb[y0:y1, x0:x1], mode=mode, **kwargs)
+        res = segment(predictor, predictor.embed(rgb[y0:y1, x0:x1]), mode=mode, **kwargs)
         wts = blend_weights((y1 - y0, x1 - x0), ov)
         num[y0:y1, x0:x1] += wts * res.probability
         den[y0:y1, x0:x1] += wts
@@ -440,7 +450,7 @@ def segment_tiled(
 
 def segment_image(
     predictor: Predictor,
-    image: np.ndarray,
+    image: np.ndarray | Embedding,
     mode: str = "semantic",
     tile_threshold: int | None = None,
     tile_size: int | None = None,
@@ -450,27 +460,30 @@ def segment_image(
     **kwargs,
 ) -> AutoSegResult:
     """Segment any 2D image: whole when its longest side is at most ``tile_threshold``
-    (default ``2 * img_size``), else tiled (:func:`segment_tiled`).
+    (default ``2 * img_size``), else tiled (:func:`segment_tiled`). The predictor is not changed.
 
-    ``**kwargs`` go to :func:`segment`. ``mode="everything"`` runs
+    ``image``: an array, or its :class:`~napari_samsp.embedding.Embedding` (decoded as it is when
+    the image is not tiled; fully transparent RGBA pixels are cleared only for an array, see
+    :func:`mask_transparent`). ``**kwargs`` go to :func:`segment`. ``mode="everything"`` runs
     :func:`napari_samsp.everything.segment_everything` instead (``**kwargs``: its options).
     """
     if mode == "everything":
         from .everything import segment_everything
 
         return segment_everything(predictor, image, None, tile_threshold, tile_size, overlap, progress, cancel, **kwargs)
-    h, w = as_plane(image).shape[:2]
+    is_emb = isinstance(image, Embedding)
+    h, w = image.original_size if is_emb else as_plane(image).shape[:2]
     thr_default, _, _ = default_tiling(predictor.model.img_size)
     thr = int(tile_threshold or thr_default)
     if max(h, w) > thr:
         res = segment_tiled(predictor, image, tile_size, overlap, mode=mode, progress=progress, cancel=cancel, **kwargs)
-        return mask_transparent(res, image)
-    if cancel is not None and cancel():
-        raise SegmentationCancelled("segmentation cancelled")
-    res = segment(predictor, image, mode=mode, **kwargs)
-    if progress is not None:
-        progress(1, 1)
-    return mask_transparent(res, image)
+    else:
+        if cancel is not None and cancel():
+            raise SegmentationCancelled("segmentation cancelled")
+        res = segment(predictor, image, mode=mode, **kwargs)
+        if progress is not None:
+            progress(1, 1)
+    return res if is_emb else mask_transparent(res, image)
 
 
 def transparent_mask(image: np.ndarray) -> np.ndarray | None:

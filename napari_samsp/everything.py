@@ -60,6 +60,7 @@ from segment_anything.utils.amg import (
 from skimage.segmentation import relabel_sequential
 from torchvision.ops import batched_nms, box_area
 
+from .embedding import Embedding
 from .errors import SamspError
 from .predictor import Predictor, as_plane
 from .tiling import plan_tiles
@@ -204,25 +205,26 @@ def _crop_boxes(shape: tuple[int, int], tile_threshold: int, tile: int, overlap:
 
 def _process_batch(
     predictor: Predictor,
+    emb: Embedding,
     points: np.ndarray,
     crop_box: CropBox,
     image_shape: tuple[int, int],
     opts: EverythingOptions,
     prob: torch.Tensor,
 ) -> MaskData:
-    """Decode one batch of grid points (crop frame, (B, 2) x, y) on the predictor's current image (the crop)."""
+    """Decode one batch of grid points (crop frame, (B, 2) x, y) on ``emb``, the crop's embedding."""
     model = predictor.model
     dev = predictor.device
     threshold = float(getattr(model, "mask_threshold", 0.0))
     # Same arithmetic as upstream's ResizeLongestSide.apply_coords: float64 scaling of the crop-frame points.
-    h, w = predictor.transform.resized_size
-    oh, ow = predictor.original_size
+    h, w = emb.transform.resized_size
+    oh, ow = emb.original_size
     coords = np.asarray(points, np.float64).copy()
     coords[:, 0] *= w / ow
     coords[:, 1] *= h / oh
     in_points = torch.as_tensor(coords, device=dev)[:, None, :]
     in_labels = torch.ones((len(points), 1), dtype=torch.int, device=dev)
-    low, iou = model.decode(predictor.features, in_points, in_labels, multimask_output=True, num_prompts=len(points))
+    low, iou = model.decode(emb.features, in_points, in_labels, multimask_output=True, num_prompts=len(points))
     m = low.shape[1]
     low = low.flatten(0, 1).float()
     data = MaskData(
@@ -235,7 +237,7 @@ def _process_batch(
         data.filter(keep_mask)
         keep = keep[keep_mask]
     # Upsampling is per mask, so filtering first changes nothing but the work done.
-    data["masks"] = predictor.transform.logits_to_original(low[keep][:, None])[:, 0]
+    data["masks"] = emb.transform.logits_to_original(low[keep][:, None])[:, 0]
     data["stability_score"] = calculate_stability_score(data["masks"], threshold, opts.stability_score_offset)
     if opts.stability_score_thresh > 0.0:
         data.filter(data["stability_score"] >= opts.stability_score_thresh)
@@ -256,21 +258,20 @@ def _process_batch(
 
 def _process_crop(
     predictor: Predictor,
-    rgb: np.ndarray,
+    emb: Embedding,
     crop_box: CropBox,
+    image_shape: tuple[int, int],
     opts: EverythingOptions,
     probability: np.ndarray,
 ) -> MaskData:
-    """All grid points of one crop; NMS inside the crop; boxes and points moved to the image frame."""
+    """All grid points of one crop (``emb``: its embedding); NMS inside the crop; boxes and points moved to the image frame."""
     x0, y0, x1, y1 = crop_box
-    if (x0, y0, x1, y1) != (0, 0, rgb.shape[1], rgb.shape[0]) or not predictor.is_image_set or predictor.image_rgb is not rgb:
-        predictor.set_image(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
-    ch, cw = predictor.original_size
+    ch, cw = emb.original_size
     grid = build_point_grid(int(opts.points_per_side)) * np.array([[cw, ch]], np.float64)
     with torch.inference_mode():
         prob = torch.zeros((ch, cw), dtype=torch.float32, device=predictor.device)
         batches = [
-            _process_batch(predictor, points, crop_box, tuple(rgb.shape[:2]), opts, prob)
+            _process_batch(predictor, emb, points, crop_box, image_shape, opts, prob)
             for (points,) in batch_iterator(int(opts.points_per_batch), grid)
         ]
         data = _cat(batches)
@@ -339,7 +340,7 @@ def _postprocess_small_regions(data: MaskData, area: int, nms_thresh: float) -> 
 
 def everything_masks(
     predictor: Predictor,
-    image: np.ndarray | None = None,
+    image: np.ndarray | Embedding | None = None,
     options: EverythingOptions | None = None,
     tile_threshold: int | None = None,
     tile_size: int | None = None,
@@ -347,13 +348,14 @@ def everything_masks(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> EverythingMasks:
-    """The masks of everything-mode for one 2D image (the predictor's current one when ``image`` is None).
+    """The masks of everything-mode for one 2D image: an array, its
+    :class:`~napari_samsp.embedding.Embedding`, or None for the image of ``predictor.set_image``.
 
     An image whose longest side is at most ``tile_threshold`` (default ``2 * img_size``)
-    is decoded from the predictor's embedding (cached: no encoder run when it is
-    already set); a larger one runs the whole image plus tiles of ``tile_size``
-    (default ``2 * img_size``) overlapping by ``overlap`` (default a quarter tile),
-    each encoded once. The predictor holds the last crop afterwards.
+    is decoded from its embedding (cache first; no encoder run for an Embedding);
+    a larger one runs the whole image plus tiles of ``tile_size`` (default ``2 * img_size``)
+    overlapping by ``overlap`` (default a quarter tile), each embedded once.
+    The predictor is not changed.
 
     Raises:
         SegmentationCancelled: ``cancel`` returned True (polled before each crop).
@@ -361,23 +363,25 @@ def everything_masks(
     from .autoseg import SegmentationCancelled, default_tiling
 
     opts = options or EverythingOptions()
-    if image is None:
-        rgb = predictor.image_rgb
-    else:
-        rgb = to_rgb_uint8(as_plane(image))
+    whole = None if image is not None and not isinstance(image, Embedding) else predictor.embedding_of(image)
+    rgb = to_rgb_uint8(as_plane(image)) if whole is None else whole.rgb
     h, w = int(rgb.shape[0]), int(rgb.shape[1])
     thr_default, tile_default, _ = default_tiling(predictor.model.img_size)
     tile = int(tile_size or tile_default)
     crops = _crop_boxes((h, w), int(tile_threshold or thr_default), tile, int(tile // 4 if overlap is None else overlap))
-    if image is not None and len(crops) == 1:
-        predictor.set_image(rgb)
-        rgb = predictor.image_rgb  # the predictor's own copy: _process_crop then skips set_image
+    if whole is None and len(crops) == 1:
+        whole = predictor.embed(rgb)
     probability = np.zeros((h, w), np.float32)
     per_crop = []
     for i, crop in enumerate(crops):
         if cancel is not None and cancel():
             raise SegmentationCancelled("segmentation cancelled")
-        per_crop.append(_process_crop(predictor, rgb, crop, opts, probability))
+        x0, y0, x1, y1 = crop
+        if crop == (0, 0, w, h) and whole is not None:
+            emb = whole
+        else:
+            emb = predictor.embed(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+        per_crop.append(_process_crop(predictor, emb, crop, (h, w), opts, probability))
         if progress is not None:
             progress(i + 1, len(crops))
     data = _cat(per_crop)

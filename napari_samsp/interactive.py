@@ -190,9 +190,11 @@ def mask_box(mask: np.ndarray, margin: float = 0.0) -> np.ndarray | None:
     return mask_to_box(mask, margin)
 
 
-def mask_to_logits(predictor, mask: np.ndarray) -> np.ndarray:
-    """A binary mask on the predictor's current image -> (1, L, L) dense-prompt logits (+-MASK_LOGIT)."""
-    low = predictor.transform.mask_to_low_res(np.asarray(mask, bool), predictor.low_res_size)
+def mask_to_logits(predictor, mask: np.ndarray, embedding=None) -> np.ndarray:
+    """A binary mask on the grid of ``embedding`` (default: the predictor's set_image) ->
+    (1, L, L) dense-prompt logits (+-MASK_LOGIT)."""
+    transform = predictor.embedding_of(embedding).transform
+    low = transform.mask_to_low_res(np.asarray(mask, bool), predictor.low_res_size)
     return ((low[0].numpy() * 2.0 - 1.0) * MASK_LOGIT).astype(np.float32)
 
 
@@ -225,7 +227,7 @@ class ObjectEditor:
     previous low-res logits, so a click costs one decoder run.
 
     Args:
-        predictor: a :class:`~napari_samsp.predictor.Predictor` with this plane's image set.
+        predictor: a :class:`~napari_samsp.predictor.Predictor` (the model that decodes).
         plane: the current (H, W) labels of the plane.
         label_id: the id to paint.
         preserve: never overwrite other objects.
@@ -235,6 +237,8 @@ class ObjectEditor:
         confine: keep only the decoded pixels that belong to the prompted object
             (:func:`napari_samsp.local_prompts.confine_mask`: inside the grown box, no specks far
             from the prompts), whatever the model returns.
+        embedding: the plane's :class:`~napari_samsp.embedding.Embedding` (``predictor.embed``);
+            None takes the predictor's set_image one, once, here.
     """
 
     def __init__(
@@ -245,9 +249,12 @@ class ObjectEditor:
         preserve: bool = True,
         multimask_first_click: bool = False,
         confine: bool = True,
+        *,
+        embedding=None,
     ) -> None:
-        if tuple(predictor.original_size) != tuple(plane.shape):
-            raise InputImageError(f"labels plane is {plane.shape}, the image is {tuple(predictor.original_size)}")
+        self.embedding = predictor.embedding_of(embedding)
+        if tuple(self.embedding.original_size) != tuple(plane.shape):
+            raise InputImageError(f"labels plane is {plane.shape}, the image is {tuple(self.embedding.original_size)}")
         self.predictor = predictor
         self.base = np.array(plane, copy=True)
         self.label_id = int(label_id)
@@ -274,7 +281,7 @@ class ObjectEditor:
             return
         comp, _ = ndimage.label(self.base == self.label_id)
         self.target = comp == comp[r, c]
-        self.logits = mask_to_logits(self.predictor, self.target)
+        self.logits = mask_to_logits(self.predictor, self.target, self.embedding)
 
     def update(self, prompts: PromptSet, restart: bool = False) -> np.ndarray:
         """Decode the object from ``prompts`` and return the painted plane.
@@ -288,7 +295,7 @@ class ObjectEditor:
             return self.painted
         self._decide_target(prompts)
         if restart:
-            self.logits = None if self.target is None else mask_to_logits(self.predictor, self.target)
+            self.logits = None if self.target is None else mask_to_logits(self.predictor, self.target, self.embedding)
         n_points = len(prompts.points)
         multimask = self.multimask_first_click and self.logits is None and prompts.box is None and n_points == 1
         pred = self.predictor.predict(
@@ -297,6 +304,7 @@ class ObjectEditor:
             box=prompts.box,
             mask_input=self.logits,
             multimask_output=multimask,
+            embedding=self.embedding,
         )
         best = pred.best_index
         self.mask = pred.masks[best]
@@ -364,6 +372,40 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return int(np.count_nonzero(a & b)) / union if union else 0.0
 
 
+def _carry_to_slice(predictor, plane: np.ndarray, mask: np.ndarray, tile: int | None, overlap: int | None, use_point: bool):
+    """One step of :func:`propagate_object`: the candidate on ``plane`` that overlaps the previous slice's
+    ``mask`` most, as (mask in window coordinates or None, its IoU with the previous mask there, window)."""
+    from .local_prompts import Window, choose_window, confine_mask, shift_prompts
+
+    h, w = mask.shape
+    box = mask_box(mask, margin=max(3.0, 0.2 * float(np.sqrt(int(mask.sum())))))
+    assert box is not None
+    extent = (float(box[1]), float(box[0]), float(box[3]), float(box[2]))
+    win = choose_window((h, w), extent, tile, overlap or 0) if tile else Window(0, h, 0, w)
+    emb = predictor.embed(plane[win.slices])
+    prompts = [PromptSet(box=box)]
+    if use_point:
+        r, c = innermost_pixel(mask)  # type: ignore[misc]
+        prompts.append(PromptSet(np.array([[c, r]], np.float32), np.array([1], np.int64), box))
+    prev = mask[win.slices]
+    best, best_iou = None, -1.0
+    for i, ps in enumerate(prompts):
+        local = shift_prompts(ps, win)
+        pred = predictor.predict(
+            point_coords=local.points if len(local.points) else None,
+            point_labels=local.labels if len(local.points) else None,
+            box=local.box,
+            multimask_output=i == 0,
+            embedding=emb,
+        )
+        for cand in pred.masks:
+            cand = confine_mask(cand, local)
+            score = _iou(cand, prev)
+            if score > best_iou:
+                best, best_iou = cand, score
+    return best, best_iou, win
+
+
 def propagate_object(
     predictor,
     planes: Callable[[int], np.ndarray],
@@ -403,7 +445,7 @@ def propagate_object(
     stacks by ``scripts/propagation_carry.py`` (docs/PLUGIN.md).
 
     Args:
-        predictor: a Predictor; its image is changed (the last window visited stays set).
+        predictor: a Predictor; each slice (window) is embedded on its own, the predictor is not changed.
         planes: ``planes(z)`` -> the uint8 plane the model sees, (H, W) or (H, W, 3).
         labels: (Z, H, W) labels (read only).
         start_logits: ignored (kept for callers of the earlier version).
@@ -413,8 +455,6 @@ def propagate_object(
     Returns:
         {z: (H, W) bool mask} for every slice reached (``z0`` excluded).
     """
-    from .local_prompts import Window, choose_window, confine_mask, shift_prompts
-
     del start_logits
     mask0 = np.asarray(labels[z0]) == label_id
     if not mask0.any():
@@ -432,44 +472,15 @@ def propagate_object(
             if cancel is not None and cancel():
                 raise PropagationCancelled("propagation cancelled")
             area = int(mask.sum())
-            box = mask_box(mask, margin=max(3.0, 0.2 * float(np.sqrt(area))))
-            assert box is not None
-            extent = (float(box[1]), float(box[0]), float(box[3]), float(box[2]))
-            win = choose_window((h, w), extent, tile, overlap or 0) if tile else Window(0, h, 0, w)
-            plane = np.asarray(planes(z))
-            predictor.set_image(plane[win.slices])
-            prompts = [PromptSet(box=box)]
-            if use_point:
-                r, c = innermost_pixel(mask)  # type: ignore[misc]
-                prompts.append(PromptSet(np.array([[c, r]], np.float32), np.array([1], np.int64), box))
-            prev = mask[win.slices]
-            best, best_iou = None, -1.0
-            for i, ps in enumerate(prompts):
-                local = shift_prompts(ps, win)
-                pred = predictor.predict(
-                    point_coords=local.points if len(local.points) else None,
-                    point_labels=local.labels if len(local.points) else None,
-                    box=local.box,
-                    multimask_output=i == 0,
-                )
-                for cand in pred.masks:
-                    cand = confine_mask(cand, local)
-                    score = _iou(cand, prev)
-                    if score > best_iou:
-                        best, best_iou = cand, score
+            best, best_iou, win = _carry_to_slice(predictor, np.asarray(planes(z)), mask, tile, overlap, use_point)
             steps += 1
             done += 1
             if progress is not None:
                 progress(done, total)
+            prev = mask[win.slices]
             n = 0 if best is None else int(best.sum())
             inside = int(np.count_nonzero(best & prev)) / n if n else 0.0
-            if (
-                n < min_area
-                or best_iou < min_overlap
-                or inside < min_inside
-                or n > max_growth * area
-                or n * max_growth < area
-            ):
+            if n < min_area or best_iou < min_overlap or inside < min_inside or n > max_growth * area or n * max_growth < area:
                 break
             new = np.zeros((h, w), bool)
             new[win.slices] = best

@@ -206,15 +206,16 @@ def shift_prompts(prompts: PromptSet, window: Window) -> PromptSet:
 class WindowedEditor:
     """An :class:`~napari_samsp.interactive.ObjectEditor` on one window of a plane.
 
-    The predictor must hold the window's pixels (``plane_rgb[window.slices]``, set by the
-    caller, e.g. in a worker); prompts come and painted planes go in full-plane
+    Decoding uses the window's embedding (``predictor.embed(plane_rgb[window.slices])``, made by
+    the caller, e.g. in a worker); prompts come and painted planes go in full-plane
     coordinates. With ``window`` the whole plane this is exactly an ObjectEditor.
 
     Args:
-        predictor: a Predictor whose image is the window.
+        predictor: a Predictor (the model that decodes).
         plane: the full (H, W) labels plane.
         label_id, preserve, multimask_first_click: as for ObjectEditor.
         window: where to decode.
+        embedding: the window's Embedding; None takes the predictor's set_image one (compatibility).
     """
 
     def __init__(
@@ -225,12 +226,15 @@ class WindowedEditor:
         window: Window,
         preserve: bool = True,
         multimask_first_click: bool = False,
+        *,
+        embedding=None,
     ) -> None:
         self.window = window
         self.base = np.array(plane, copy=True)
         self.label_id = int(label_id)
         self.inner = ObjectEditor(
-            predictor, self.base[window.slices], label_id, preserve=preserve, multimask_first_click=multimask_first_click
+            predictor, self.base[window.slices], label_id, preserve=preserve, multimask_first_click=multimask_first_click,
+            embedding=embedding,
         )
         self.painted: np.ndarray = self.base
 

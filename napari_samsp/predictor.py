@@ -9,6 +9,14 @@ second napari session, skips the encoder.
 Coordinates at this API are on the *original* pixel grid of the image, in
 (x, y) order (column, row), like upstream ``SamPredictor``. napari gives
 (row, col): callers flip.
+
+Two ways to use it, one implementation:
+
+* values: ``emb = predictor.embed(image)`` gives an :class:`~napari_samsp.embedding.Embedding`
+  and ``predictor.predict(..., embedding=emb)`` decodes on it; the predictor holds no image,
+  so any number of callers can share it (the NumPy API over :meth:`SamModel.decode`).
+* compatibility (upstream ``SamPredictor``'s style): ``set_image(image)`` keeps one embedding
+  in the predictor, and ``predict(...)`` without ``embedding`` decodes on it.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .embedding import Embedding
 from .errors import InputImageError, SamspError
 from .models.sam_model import ImageFeatures, SamModel
 from .transforms import LEGACY_PREPROCESSING, InputTransform, model_preprocessing, split_planes, to_rgb_uint8
 
 __all__ = [
+    "Embedding",
     "EmbeddingCache",
     "Prediction",
     "Predictor",
@@ -359,7 +369,12 @@ def as_plane(image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
 
 
 class Predictor:
-    """Prompted segmentation of one 2D image at a time.
+    """Prompted segmentation of 2D images: the model, its device and the embedding cache.
+
+    :meth:`embed` turns an image into an :class:`~napari_samsp.embedding.Embedding`; the
+    decoding methods take it as ``embedding=`` and leave the predictor unchanged, so one
+    predictor serves any number of images and threads. :meth:`set_image` keeps one
+    embedding for calls without ``embedding`` (upstream ``SamPredictor``'s style).
 
     Args:
         model: a :class:`SamModel` (plain SAM or SAM-UNet), in eval mode.
@@ -393,15 +408,14 @@ class Predictor:
         self._cache_id = f"{self.model_id}#{digest}" if digest else self.model_id
         self.cache = cache
         self.device = next(model.parameters()).device
-        self._features: ImageFeatures | None = None
-        self._transform: InputTransform | None = None
-        self._rgb: np.ndarray | None = None
-        self._key: str | None = None
+        self._embedding: Embedding | None = None  # set_image's (compatibility layer)
         self.last_embed_was_cached = False
 
     # -- image -----------------------------------------------------------------
-    def set_image(self, image: np.ndarray, rgb: bool | None = None) -> None:
-        """Normalise one 2D image and get its features (from the cache or the encoder).
+    def embed(self, image: np.ndarray, rgb: bool | None = None) -> Embedding:
+        """The :class:`~napari_samsp.embedding.Embedding` of one 2D image (from the cache or the encoder).
+
+        The predictor itself is not changed.
 
         Args:
             image: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; any integer or float dtype.
@@ -420,11 +434,28 @@ class Predictor:
         cached = feats is not None
         if feats is None:
             feats = self.cache.put(cache_id, key, self._encode(transform, rgb_u8))
-        self._features = feats.to(self.device)
-        self._transform = transform
-        self._rgb = rgb_u8
-        self._key = key
-        self.last_embed_was_cached = cached
+        plane = rgb_u8.view()  # a read-only view: the caller's array (uint8 RGB passes through) stays writable
+        plane.flags.writeable = False
+        return Embedding(feats.to(self.device), transform, plane, key, cache_id, cached)
+
+    def embedding_of(self, image: "np.ndarray | Embedding | None") -> Embedding:
+        """``image`` as an Embedding: an Embedding as it is, an array embedded (:meth:`embed`),
+        None the image of the last :meth:`set_image`."""
+        if image is None:
+            return self.embedding
+        if isinstance(image, Embedding):
+            return image
+        return self.embed(image)
+
+    def set_image(self, image: np.ndarray, rgb: bool | None = None) -> None:
+        """Keep the embedding of one 2D image in the predictor (see :meth:`embed`; compatibility layer).
+
+        :meth:`predict`, :meth:`predict_batch` and :meth:`decode_batch` without ``embedding``
+        decode on it; :attr:`features`, :attr:`transform`, :attr:`image_rgb` read it.
+        """
+        emb = self.embed(image, rgb)
+        self._embedding = emb
+        self.last_embed_was_cached = emb.from_cache
 
     def _encode(self, transform: InputTransform, rgb_u8: np.ndarray) -> ImageFeatures:
         with torch.inference_mode():
@@ -435,30 +466,31 @@ class Predictor:
             return self.model.encode(self.model.normalize_pixels(x))
 
     def reset_image(self) -> None:
-        self._features = None
-        self._transform = None
-        self._rgb = None
-        self._key = None
+        self._embedding = None
         self.last_embed_was_cached = False
 
     @property
     def is_image_set(self) -> bool:
-        return self._features is not None
+        return self._embedding is not None
 
     def _require_image(self) -> None:
-        if self._features is None:
-            raise SamspError("no image is set: call set_image first")
+        if self._embedding is None:
+            raise SamspError("no image is set: call set_image first (or pass an embedding from embed())")
+
+    @property
+    def embedding(self) -> Embedding:
+        """The embedding kept by :meth:`set_image`."""
+        self._require_image()
+        return self._embedding  # type: ignore[return-value]
 
     @property
     def features(self) -> ImageFeatures:
         """Features of the current image (batch 1, on the predictor's device)."""
-        self._require_image()
-        return self._features  # type: ignore[return-value]
+        return self.embedding.features
 
     @property
     def transform(self) -> InputTransform:
-        self._require_image()
-        return self._transform  # type: ignore[return-value]
+        return self.embedding.transform
 
     @property
     def original_size(self) -> tuple[int, int]:
@@ -467,13 +499,11 @@ class Predictor:
     @property
     def image_rgb(self) -> np.ndarray:
         """The normalised (H, W, 3) uint8 plane the model sees (before resizing)."""
-        self._require_image()
-        return self._rgb  # type: ignore[return-value]
+        return self.embedding.rgb
 
     @property
     def image_key(self) -> str:
-        self._require_image()
-        return self._key  # type: ignore[return-value]
+        return self.embedding.key
 
     @property
     def low_res_size(self) -> int:
@@ -481,7 +511,7 @@ class Predictor:
         return 4 * self.model.prompt_encoder.image_embedding_size[0]
 
     # -- prompt validation -----------------------------------------------------
-    def _points(self, coords, labels, batch: int | None) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    def _points(self, emb: Embedding, coords, labels, batch: int | None) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         if coords is None:
             if labels is not None:
                 raise PromptError("point_labels given without point_coords")
@@ -501,13 +531,13 @@ class Predictor:
             if not np.isin(lab_f, (-1, 0, 1, 2, 3)).all():
                 raise PromptError("point_labels must be 1 (foreground), 0 (background) or -1 (padding)")
             lab = lab_f.astype(np.int64)
-        h, w = self.original_size
+        h, w = emb.original_size
         pts = pts.copy()
         pts[..., 0] = np.clip(pts[..., 0], 0, w - 1)
         pts[..., 1] = np.clip(pts[..., 1], 0, h - 1)
-        return self.transform.coords_to_input(pts), lab
+        return emb.transform.coords_to_input(pts), lab
 
-    def _boxes(self, box, batch: int | None) -> np.ndarray | None:
+    def _boxes(self, emb: Embedding, box, batch: int | None) -> np.ndarray | None:
         if box is None:
             return None
         b = _as_float_array(box, "box")
@@ -517,11 +547,11 @@ class Predictor:
             b = b.reshape(1, 4)
         elif b.shape != (batch, 4):
             raise PromptError(f"boxes must be (N, 4) x0, y0, x1, y1, got shape {b.shape}")
-        h, w = self.original_size
+        h, w = emb.original_size
         x0, x1 = np.minimum(b[:, 0], b[:, 2]), np.maximum(b[:, 0], b[:, 2])
         y0, y1 = np.minimum(b[:, 1], b[:, 3]), np.maximum(b[:, 1], b[:, 3])
         b = np.stack([np.clip(x0, 0, w), np.clip(y0, 0, h), np.clip(x1, 0, w), np.clip(y1, 0, h)], axis=1)
-        return self.transform.boxes_to_input(b)
+        return emb.transform.boxes_to_input(b)
 
     def _mask_input(self, mask, batch: int | None) -> np.ndarray | None:
         if mask is None:
@@ -539,7 +569,7 @@ class Predictor:
         return m
 
     # -- decoding ----------------------------------------------------------------
-    def _decode(self, pts, labels, boxes, masks, multimask: bool, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(self, emb: Embedding, pts, labels, boxes, masks, multimask: bool, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
 
         def t(x, dtype=torch.float32):
@@ -547,7 +577,7 @@ class Predictor:
 
         with torch.inference_mode():
             return self.model.decode(
-                self.features,
+                emb.features,
                 point_coords=t(pts),
                 point_labels=t(labels, torch.int64),
                 boxes=t(boxes),
@@ -556,14 +586,16 @@ class Predictor:
                 num_prompts=n,
             )
 
-    def _to_masks(self, low_res: torch.Tensor, chunk: int = 16) -> np.ndarray:
-        """(N, M, L, L) logits -> (N, M, H, W) bool on the original grid, in chunks to bound memory."""
-        h, w = self.original_size
+    def _to_masks(self, low_res: torch.Tensor, chunk: int = 16, embedding: Embedding | None = None) -> np.ndarray:
+        """(N, M, L, L) logits -> (N, M, H, W) bool on the original grid of ``embedding``
+        (default: set_image's), in chunks to bound memory."""
+        emb = self.embedding_of(embedding)
+        h, w = emb.original_size
         out = np.empty((*low_res.shape[:2], h, w), dtype=bool)
         thr = float(getattr(self.model, "mask_threshold", 0.0))
         with torch.inference_mode():
             for i in range(0, low_res.shape[0], chunk):
-                out[i : i + chunk] = (self.transform.logits_to_original(low_res[i : i + chunk].float()) > thr).cpu().numpy()
+                out[i : i + chunk] = (emb.transform.logits_to_original(low_res[i : i + chunk].float()) > thr).cpu().numpy()
         return out
 
     def predict(
@@ -573,8 +605,10 @@ class Predictor:
         box: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         multimask_output: bool = False,
+        *,
+        embedding: Embedding | None = None,
     ) -> Prediction:
-        """Masks for one prompt set on the current image.
+        """Masks for one prompt set on ``embedding`` (default: the image of :meth:`set_image`).
 
         Args:
             point_coords: (P, 2) (x, y) on the original grid; points outside are clipped.
@@ -583,22 +617,22 @@ class Predictor:
             mask_input: (1, L, L) low-resolution logits of an earlier prediction.
             multimask_output: three candidate masks instead of one (see ``Prediction.best``).
                 No prompt at all decodes the prompt-free mask.
+            embedding: from :meth:`embed`; None decodes on set_image's.
         """
-        self._require_image()
-        pts, lab = self._points(point_coords, point_labels, None)
-        boxes = self._boxes(box, None)
+        emb = self.embedding_of(embedding)
+        pts, lab = self._points(emb, point_coords, point_labels, None)
+        boxes = self._boxes(emb, box, None)
         masks = self._mask_input(mask_input, None)
         logits, iou = self._decode(
-            None if pts is None else pts[None], None if lab is None else lab[None], boxes, masks, multimask_output, 1
+            emb, None if pts is None else pts[None], None if lab is None else lab[None], boxes, masks, multimask_output, 1
         )
         return Prediction(
-            masks=self._to_masks(logits)[0],
+            masks=self._to_masks(logits, embedding=emb)[0],
             logits=logits[0].float().cpu().numpy(),
             scores=iou[0].float().cpu().numpy(),
         )
 
-    def _batch_prompts(self, boxes, point_coords, point_labels, mask_input):
-        self._require_image()
+    def _batch_prompts(self, emb: Embedding, boxes, point_coords, point_labels, mask_input):
         n = None
         for x in (boxes, point_coords, mask_input):
             if x is not None:
@@ -606,15 +640,16 @@ class Predictor:
                 break
         if n is None:
             raise PromptError("a batch needs boxes, point_coords or mask_input")
-        pts, lab = self._points(point_coords, point_labels, n)
-        return n, pts, lab, self._boxes(boxes, n), self._mask_input(mask_input, n)
+        pts, lab = self._points(emb, point_coords, point_labels, n)
+        return n, pts, lab, self._boxes(emb, boxes, n), self._mask_input(mask_input, n)
 
-    def _decode_chunks(self, n, pts, lab, bx, mk, chunk):
+    def _decode_chunks(self, emb: Embedding, n, pts, lab, bx, mk, chunk):
         """Yield (rows, low-res logits (n, 1, L, L), iou (n, 1)) chunk by chunk."""
         step = max(1, int(chunk))
         for i in range(0, n, step):
             sl = slice(i, min(n, i + step))
             lg, iou = self._decode(
+                emb,
                 None if pts is None else pts[sl],
                 None if lab is None else lab[sl],
                 None if bx is None else bx[sl],
@@ -631,17 +666,20 @@ class Predictor:
         point_labels: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         chunk: int = 64,
+        *,
+        embedding: Embedding | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Like :meth:`predict_batch`, but the first output is (N, H, W) float32 logits on the original grid."""
-        n, pts, lab, bx, mk = self._batch_prompts(boxes, point_coords, point_labels, mask_input)
-        h, w = self.original_size
+        emb = self.embedding_of(embedding)
+        n, pts, lab, bx, mk = self._batch_prompts(emb, boxes, point_coords, point_labels, mask_input)
+        h, w = emb.original_size
         side = self.low_res_size
         full = np.zeros((n, h, w), dtype=np.float32)
         low = np.zeros((n, 1, side, side), dtype=np.float32)
         scores = np.zeros((n,), dtype=np.float32)
-        for sl, lg, iou in self._decode_chunks(n, pts, lab, bx, mk, chunk):
+        for sl, lg, iou in self._decode_chunks(emb, n, pts, lab, bx, mk, chunk):
             with torch.inference_mode():
-                full[sl] = self.transform.logits_to_original(lg)[:, 0].cpu().numpy()
+                full[sl] = emb.transform.logits_to_original(lg)[:, 0].cpu().numpy()
             low[sl] = lg.cpu().numpy()
             scores[sl] = iou[:, 0].cpu().numpy()
         return full, low, scores
@@ -653,8 +691,10 @@ class Predictor:
         point_labels: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         chunk: int = 64,
+        *,
+        embedding: Embedding | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """N prompt sets at once (instance decoding), one mask each.
+        """N prompt sets at once (instance decoding), one mask each, on ``embedding`` (default: set_image's).
 
         Args:
             boxes: (N, 4) x0, y0, x1, y1 on the original grid.
@@ -662,18 +702,20 @@ class Predictor:
             point_labels: (N, P).
             mask_input: (N, 1, L, L) low-resolution logits.
             chunk: prompt sets decoded together (bounds memory).
+            embedding: from :meth:`embed`; None decodes on set_image's.
 
         Returns:
             masks (N, H, W) bool, logits (N, 1, L, L) float32, scores (N,) float32.
         """
-        n, pts, lab, bx, mk = self._batch_prompts(boxes, point_coords, point_labels, mask_input)
-        h, w = self.original_size
+        emb = self.embedding_of(embedding)
+        n, pts, lab, bx, mk = self._batch_prompts(emb, boxes, point_coords, point_labels, mask_input)
+        h, w = emb.original_size
         side = self.low_res_size
         masks = np.zeros((n, h, w), dtype=bool)
         low = np.zeros((n, 1, side, side), dtype=np.float32)
         scores = np.zeros((n,), dtype=np.float32)
-        for sl, lg, iou in self._decode_chunks(n, pts, lab, bx, mk, chunk):
-            masks[sl] = self._to_masks(lg)[:, 0]
+        for sl, lg, iou in self._decode_chunks(emb, n, pts, lab, bx, mk, chunk):
+            masks[sl] = self._to_masks(lg, embedding=emb)[:, 0]
             low[sl] = lg.cpu().numpy()
             scores[sl] = iou[:, 0].cpu().numpy()
         return masks, low, scores

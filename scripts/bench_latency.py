@@ -42,6 +42,7 @@ def bench(viewer, widget, image, truth, clicks: int) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_samsp._ui.demo import wait_idle
+    from napari_samsp._ui.embeddings import plane_key
 
     app = QApplication.instance()
     layer = viewer.add_image(image, name=f"bench {image.shape[0]}")
@@ -52,9 +53,9 @@ def bench(viewer, widget, image, truth, clicks: int) -> dict:
     first = time.perf_counter() - t0
     predictor = widget.session.predictor
     t0 = time.perf_counter()
-    predictor.set_image(ws.model_plane(None))  # again: from the cache
+    embedding = predictor.embed(ws.model_plane(None))  # again: from the cache
     cached = time.perf_counter() - t0
-    widget.session.embedded = (ws.key, None)
+    widget.session.embeddings.put(predictor, plane_key(ws.key, None), embedding)
 
     decode_times: list[float] = []
     real_predict = predictor.predict

@@ -262,6 +262,8 @@ def step_cpu_vs_device(rec: dict, loaded, pairs, dev: torch.device) -> None:
     on_cpu = Predictor(copy.deepcopy(loaded.model).cpu(), loaded.model_id, EmbeddingCache(None))
     auto_ious, click_ious, emb_diff = [], [], []
     for name, image, gt in pairs:
+        on_dev.set_image(image)  # the embeddings and clicks compared below (segment_image leaves predictors as they are)
+        on_cpu.set_image(image)
         a = segment_image(on_dev, image, mode=mode, **opts).labels
         b = segment_image(on_cpu, image, mode=mode, **opts).labels
         auto_ious.append(mask_iou(a, b))

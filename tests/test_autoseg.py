@@ -2,7 +2,7 @@
 
 The micro model is random, so behaviour that depends on accuracy uses oracles:
 ``SamSP.run_passes`` and ``Predictor.decode_batch`` are replaced by functions
-that read the answer from the pixels the predictor currently holds (the red
+that read the answer from the pixels of the embedding being decoded (the red
 channel encodes the foreground logit, the green channel the object id), so they
 work unchanged on whole images and on tiles.
 """
@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from napari_samsp import autoseg
 from napari_samsp.autoseg import AutoSegResult, SegmentationCancelled, segment, segment_image, segment_stack, segment_tiled
+from napari_samsp.embedding import Embedding
 from napari_samsp.errors import InputImageError
 from napari_samsp.models.sam_sp import PassOutput, SamSP
 from napari_samsp.predictor import Predictor
@@ -25,10 +26,29 @@ from napari_samsp.tiling import blend_weights, merge_instance_tiles, plan_tiles
 # -- oracle helpers --------------------------------------------------------------------
 
 
-def _to_low_res(predictor: Predictor, field: np.ndarray) -> torch.Tensor:
-    """An (H, W) logit field on the original grid -> (1, 1, L, L) low-res logits, as a perfect model would give."""
-    t = predictor.transform
-    s, side = t.img_size, predictor.low_res_size
+def track_embeddings(monkeypatch, predictor: Predictor):
+    """Record every embedding ``predictor.embed`` makes (set_image included); returns the lookup
+    ``features -> Embedding`` the oracles use to find the pixels of what they decode."""
+    made = getattr(predictor, "_oracle_made", None)
+    if made is None:
+        made = {}
+        original = predictor.embed
+
+        def embed(image, rgb=None):
+            emb = original(image, rgb)
+            made[id(emb.features)] = emb
+            return emb
+
+        monkeypatch.setattr(predictor, "embed", embed)
+        monkeypatch.setattr(predictor, "_oracle_made", made, raising=False)
+    return lambda features: made[id(features)]
+
+
+def _to_low_res(emb: Embedding, field: np.ndarray, side: int) -> torch.Tensor:
+    """An (H, W) logit field on the original grid of ``emb`` -> (1, 1, side, side) low-res logits,
+    as a perfect model would give."""
+    t = emb.transform
+    s = t.img_size
     h, w = t.resized_size
     x = torch.from_numpy(np.asarray(field, np.float32))[None, None]
     x = F.interpolate(x, (h, w), mode="bilinear", align_corners=False, antialias=True)
@@ -46,15 +66,17 @@ def install_semantic_oracle(monkeypatch, predictor: Predictor, artefact: float =
     ``artefact`` adds a positive logit bias that decays over ~4 px from the
     border of whatever the model is shown, like real models' edge effects.
     """
+    embedding_of = track_embeddings(monkeypatch, predictor)
 
     def run_passes(self, features, num_passes=None):
-        field = _logit_from_red(predictor.image_rgb)
+        emb = embedding_of(features)
+        field = _logit_from_red(emb.rgb)
         if artefact:
             hh, ww = field.shape
             yy, xx = np.mgrid[:hh, :ww]
             d = np.minimum.reduce([yy, xx, hh - 1 - yy, ww - 1 - xx]).astype(np.float32)
             field = field + artefact * np.exp(-d / 4.0)
-        lr = _to_low_res(predictor, field)
+        lr = _to_low_res(emb, field, predictor.low_res_size)
         k = num_passes or self.num_passes
         return [PassOutput(lr, torch.full((1, 1), 0.9), None) for _ in range(k)]
 
@@ -70,8 +92,9 @@ def install_instance_oracle(monkeypatch, predictor: Predictor, behaviour: str = 
     """
     calls = []
 
-    def decode_batch(boxes=None, point_coords=None, point_labels=None, mask_input=None, chunk=64):
-        ids = predictor.image_rgb[..., 1]
+    def decode_batch(boxes=None, point_coords=None, point_labels=None, mask_input=None, chunk=64, *, embedding=None):
+        emb = predictor.embedding_of(embedding)
+        ids = emb.rgb[..., 1]
         h, w = ids.shape
         n = len(boxes)
         calls.append(n)
@@ -90,7 +113,7 @@ def install_instance_oracle(monkeypatch, predictor: Predictor, behaviour: str = 
             else:
                 f = np.full((h, w), 5.0)
             fields[i] = f
-        low = torch.cat([_to_low_res(predictor, f) for f in fields]).numpy() if n else np.zeros((0, 1, 64, 64), np.float32)
+        low = torch.cat([_to_low_res(emb, f, predictor.low_res_size) for f in fields]).numpy() if n else np.zeros((0, 1, 64, 64), np.float32)
         return fields, low, np.full(n, 0.8, np.float32)
 
     monkeypatch.setattr(predictor, "decode_batch", decode_batch)

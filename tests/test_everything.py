@@ -20,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.utils.amg import mask_to_rle_pytorch
 
-from test_autoseg import _to_low_res
+from test_autoseg import _to_low_res, track_embeddings
 
 from napari_samsp import autoseg
 from napari_samsp.autoseg import auto_mode, card_segment_options, finetuned_mode, segment_image, segment_stack
@@ -127,8 +127,9 @@ def test_same_masks_as_upstream_generator_on_the_same_embedding(vit_b_file, opts
     predictor._encode = lambda transform, rgb_u8: ImageFeatures(emb.clone())
     predictor.set_image(image)
     del predictor._encode
+    hits = predictor.cache.hits
     ours = everything_masks(predictor, image, opts)
-    assert predictor.last_embed_was_cached
+    assert predictor.cache.hits == hits + 1  # everything-mode's one embedding came from the cache
 
     generator = _upstream_generator(vit_b_file, opts)
     up = generator.predictor
@@ -212,27 +213,29 @@ def _objects_image(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
 
 def install_oracle(monkeypatch, predictor: Predictor) -> list[int]:
-    """``model.decode`` -> for each point, the object under it in the current crop (background: low predicted IoU).
+    """``model.decode`` -> for each point, the object under it in the crop being decoded (background: low predicted IoU).
 
     Returns a list that collects the number of points decoded per call.
     """
     calls: list[int] = []
     cache: dict[tuple[str, int], torch.Tensor] = {}
+    embedding_of = track_embeddings(monkeypatch, predictor)
 
     def decode(features, point_coords=None, point_labels=None, boxes=None, mask_input=None,
                multimask_output=False, image_index=None, num_prompts=None):
-        ids_map = predictor.image_rgb[..., 1]
-        oh, ow = predictor.original_size
-        h, w = predictor.transform.resized_size
+        emb = embedding_of(features)
+        ids_map = emb.rgb[..., 1]
+        oh, ow = emb.original_size
+        h, w = emb.transform.resized_size
         pts = point_coords[:, 0].double().cpu().numpy()
         xs = np.clip((pts[:, 0] * ow / w).astype(int), 0, ow - 1)
         ys = np.clip((pts[:, 1] * oh / h).astype(int), 0, oh - 1)
         logits, ious = [], []
         for x, y in zip(xs, ys):
             oid = int(ids_map[y, x])
-            key = (predictor.image_key, oid)
+            key = (emb.key, oid)
             if key not in cache:
-                cache[key] = _to_low_res(predictor, np.where(ids_map == oid, 40.0, -40.0))[0, 0]
+                cache[key] = _to_low_res(emb, np.where(ids_map == oid, 40.0, -40.0), predictor.low_res_size)[0, 0]
             logits.append(cache[key])
             ious.append(0.95 if oid else 0.1)
         m = 3 if multimask_output else 1

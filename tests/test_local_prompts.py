@@ -243,17 +243,17 @@ def test_propagation_in_windows_matches_the_object(default_predictor):
     planes, labels = _shifted_stack(big, big_gt, depth=3)
     seen = []
     predictor = default_predictor
-    original = predictor.set_image
+    original = predictor.embed
 
     def spy(image, rgb=None):
         seen.append(np.asarray(image).shape[:2])
         return original(image, rgb)
 
-    predictor.set_image = spy
+    predictor.embed = spy
     try:
         out = propagate_object(predictor, lambda z: planes[z], 3, labels, 1, 8, tile=512, overlap=128)
     finally:
-        del predictor.set_image
+        del predictor.embed
     assert seen and all(s == (512, 512) for s in seen)
     assert set(out) == {0, 2}
     for z, mask in out.items():

@@ -158,7 +158,7 @@ def test_cache_is_keyed_on_the_weights_not_only_the_card(tmp_path):
     assert not pb.last_embed_was_cached  # b is not served a's embedding
     fresh = Predictor(b.model, b.model_id, EmbeddingCache(None))
     fresh.set_image(image)
-    assert torch.equal(pb._features.embeddings, fresh._features.embeddings)
+    assert torch.equal(pb.features.embeddings, fresh.features.embeddings)
     # the same weights again do hit the cache
     again = Predictor(load_model(tmp_path / "a.safetensors", device="cpu").model, "same", cache)
     again.set_image(image)

@@ -69,12 +69,12 @@ def test_candidates_shapes(micro_model):
     assert c.sources == ["pass0", "pass1", "mm0", "mm1", "mm2", "jit0", "jit1", "flip"]
     assert c.auto_index == 1
     assert ((c.stability >= 0) & (c.stability <= 1)).all()
-    # the predictor holds the original image again after the flip candidate
-    assert np.array_equal(p.image_rgb[..., 0], img)
+    # candidates (the flip's second embedding included) leave the predictor as it was: holding nothing
+    assert not p.is_image_set
     labels = np.zeros((40, 56), np.uint16)
     labels[5:15, 5:15] = 1
     labels[20:35, 30:50] = 2
-    objs = object_candidates(p, labels)
+    objs = object_candidates(p, labels, embedding=p.embed(img))
     assert sorted(objs) == [1, 2]
     assert objs[2].masks.shape == (6, 40, 56) and objs[2].sources[0] == "auto"
     assert np.array_equal(objs[2].masks[0], labels == 2)
@@ -153,9 +153,13 @@ def _install_field_oracle(monkeypatch, predictor: Predictor, fields: dict, iou: 
     """SamSP.run_passes / Predictor.predict / predict_batch answer with a logit field chosen by image shape."""
     import torch.nn.functional as F
 
-    def low_res() -> torch.Tensor:
-        field = fields[predictor.image_rgb.shape[:2]]
-        t = predictor.transform
+    from test_autoseg import track_embeddings
+
+    embedding_of = track_embeddings(monkeypatch, predictor)
+
+    def low_res(emb) -> torch.Tensor:
+        field = fields[emb.rgb.shape[:2]]
+        t = emb.transform
         s, side = t.img_size, predictor.low_res_size
         h, w = t.resized_size
         x = torch.from_numpy(np.asarray(field, np.float32))[None, None]
@@ -165,18 +169,20 @@ def _install_field_oracle(monkeypatch, predictor: Predictor, fields: dict, iou: 
 
     def run_passes(self, features, num_passes=None):
         k = num_passes or self.num_passes
-        return [PassOutput(low_res(), torch.full((1, 1), iou)) for _ in range(k)]
+        return [PassOutput(low_res(embedding_of(features)), torch.full((1, 1), iou)) for _ in range(k)]
 
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=False):
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=False, *, embedding=None):
         m = 3 if multimask_output else 1
-        lr = low_res().repeat(1, m, 1, 1)
-        masks = self._to_masks(lr)[0]
+        emb = self.embedding_of(embedding)
+        lr = low_res(emb).repeat(1, m, 1, 1)
+        masks = self._to_masks(lr, embedding=emb)[0]
         return Prediction(masks, lr[0].numpy(), np.full(m, iou, np.float32))
 
-    def predict_batch(self, boxes=None, point_coords=None, point_labels=None, mask_input=None, chunk=64):
+    def predict_batch(self, boxes=None, point_coords=None, point_labels=None, mask_input=None, chunk=64, *, embedding=None):
         n = len(boxes)
-        lr = low_res().repeat(n, 1, 1, 1)
-        return self._to_masks(lr)[:, 0], lr.numpy(), np.full(n, iou, np.float32)
+        emb = self.embedding_of(embedding)
+        lr = low_res(emb).repeat(n, 1, 1, 1)
+        return self._to_masks(lr, embedding=emb)[:, 0], lr.numpy(), np.full(n, iou, np.float32)
 
     monkeypatch.setattr(SamSP, "run_passes", run_passes)
     monkeypatch.setattr(Predictor, "predict", predict)

@@ -56,7 +56,10 @@ def test_2d_loop_segment_prompt_undo_send_export(annotator, qtbot, tmp_path):
     wait(qtbot, w)
     labels = viewer.layers["nuclei labels"]
     assert labels.data.shape == (96, 96)
-    assert w.session.embedded == (ws.key, None)
+    # the plane's embedding is kept for the clicks, and nothing else asks what the predictor holds
+    emb = w.session.embeddings.get(w.session.predictor, (ws.key, None))
+    assert emb is not None and emb.original_size == (96, 96)
+    assert not w.session.predictor.is_image_set
     auto = labels.data.copy()
 
     # A new object from a positive click: decoded from the cached embedding at once.
@@ -164,6 +167,17 @@ def test_rgb_and_stack_propagation(annotator, qtbot):
     }
     # Undo restores the stack before the propagation step (history per action).
     assert w.undo()
+    # Embeddings are kept per plane: back on slice 3 after a click on slice 4, a click decodes at once.
+    predictor = w.session.predictor
+    assert w.session.embeddings.get(predictor, (ws.key, 3)) is not None
+    viewer.dims.set_point(0, 4)
+    w.add_point(30, 30)
+    wait(qtbot, w)
+    assert w.session.embeddings.get(predictor, (ws.key, 4)) is not None
+    viewer.dims.set_point(0, 3)
+    w.add_point(32, 32)
+    assert w.is_idle() and last_error(w) is None  # no embedding worker: decoded from slice 3's kept embedding
+    assert w.session.editor is not None and w.session.editor_key[:2] == (ws.key, 3)
 
 
 def test_bad_input_is_reported_not_raised(annotator, qtbot, tmp_path):

@@ -99,8 +99,8 @@ def _pick_images(data: Path, wanted: list[str] | None) -> list[tuple[str, np.nda
 
 @contextlib.contextmanager
 def _gt_foreground(predictor, image: np.ndarray, gt: np.ndarray, img_size: int):
-    """Replace the self-prompting passes by the ground-truth foreground of whatever
-    (tile of) ``image`` the predictor holds; the object decoding stays real."""
+    """Replace the self-prompting passes by the ground-truth foreground of the (tile of)
+    ``image`` being segmented (found by its embedding's pixel key); the object decoding stays real."""
     from napari_samsp.models.sam_sp import PassOutput, SamSP
     from napari_samsp.predictor import image_key
     from napari_samsp.tiling import plan_tiles
@@ -112,17 +112,27 @@ def _gt_foreground(predictor, image: np.ndarray, gt: np.ndarray, img_size: int):
     for y0, y1, x0, x1 in plan_tiles(gt.shape, t, t // 4):
         by_key[image_key(np.ascontiguousarray(rgb[y0:y1, x0:x1]))] = gt[y0:y1, x0:x1]
     original = SamSP.run_passes
+    embed = predictor.embed
+    made = {}  # id(features) -> the Embedding they belong to
+
+    def recording_embed(image, rgb=None):
+        emb = embed(image, rgb)
+        made[id(emb.features)] = emb
+        return emb
 
     def run_passes(self, features, num_passes=None):
-        fg = by_key[predictor.image_key] > 0
-        low = predictor.transform.mask_to_low_res(fg, predictor.low_res_size) * 20.0 - 10.0
+        emb = made[id(features)]
+        fg = by_key[emb.key] > 0
+        low = emb.transform.mask_to_low_res(fg, predictor.low_res_size) * 20.0 - 10.0
         return [PassOutput(low, torch.ones(1, 1)) for _ in range(num_passes or self.num_passes)]
 
     SamSP.run_passes = run_passes
+    predictor.embed = recording_embed
     try:
         yield
     finally:
         SamSP.run_passes = original
+        del predictor.embed
 
 
 def _time(fn, n: int, warmup: int = 1) -> tuple[float, float]:

@@ -13,8 +13,7 @@ from ..errors import InputImageError, SamspError
 from ..interactive import new_label_id, paint_mask, propagate_object
 from ..local_prompts import Window, WindowedEditor, choose_window, prompt_extent
 from .edits import was_corrected
-from .loading import require_model
-from .segment_panel import ensure_embedding  # the embedding helper moves with the Embedding value (issue 12, point 1)
+from .loading import ensure_embedding, require_model
 
 
 class CorrectPanel(QWidget):
@@ -180,7 +179,8 @@ class CorrectPanel(QWidget):
         prompts = ws.prompts(z)
         window = self._window(ws, z, prompts)
         whole = window == Window(0, ws.spatial[-2], 0, ws.spatial[-1])
-        if not ensure_embedding(s, ws, z, then=lambda: self.decode(restart=True), window=None if whole else window):
+        emb = ensure_embedding(s, ws, z, then=lambda: self.decode(restart=True), window=None if whole else window)
+        if emb is None:
             return False
         t0 = time.perf_counter()
         layer = ws.labels
@@ -206,7 +206,9 @@ class CorrectPanel(QWidget):
                         layer.selected_label = label_id
                         key = (ws.key, z, label_id)
                 s.history.push(ws.key, z, plane)
-                editor = WindowedEditor(s.predictor, plane, label_id, window, multimask_first_click=s.official_weights)
+                editor = WindowedEditor(
+                    s.predictor, plane, label_id, window, multimask_first_click=s.official_weights, embedding=emb
+                )
                 s.editor, s.editor_key = editor, key
                 restart = False
             t1 = time.perf_counter()
@@ -328,8 +330,6 @@ class CorrectPanel(QWidget):
             )
 
         def done(masks):
-            if self.session.predictor is predictor:
-                s.embedded = None
             if not masks:
                 s.messages.info(f"object {label_id} did not carry over to the neighbouring slices")
                 return

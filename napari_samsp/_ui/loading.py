@@ -1,4 +1,4 @@
-"""Loading a model into the session in a worker: the one helper the model and fine-tune panels share.
+"""Loading a model into the session, and embedding a plane with it, in workers: helpers the panels share.
 
 The model and its predictor come from the session's :class:`~napari_samsp.project.Project`
 (``project.load`` / ``project.predictor``), so the plugin and ``samsp --project`` build them alike.
@@ -6,8 +6,10 @@ The model and its predictor come from the session's :class:`~napari_samsp.projec
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+from .embeddings import plane_key
 from .notify import describe
 
 
@@ -51,3 +53,36 @@ def require_model(session) -> bool:
         session.messages.error("no model loaded: load one in the Model section first")
         return False
     return True
+
+
+def ensure_embedding(session, ws, z: int | None, then=None, window=None):
+    """The :class:`~napari_samsp.embedding.Embedding` of plane ``z`` of ``ws`` (or of its ``window``,
+    a :class:`~napari_samsp.local_prompts.Window`; None: the whole plane) when the session has it.
+
+    Otherwise returns None and starts a worker (cache lookup or encoder) that keeps it in
+    ``session.embeddings`` and calls ``then()`` when it is done.
+    """
+    key = plane_key(ws.key, z, window)
+    emb = session.embeddings.get(session.predictor, key)
+    if emb is not None:
+        return emb
+    if not require_model(session):
+        return None
+    predictor = session.predictor
+
+    def work(ctx):
+        t0 = time.perf_counter()
+        plane = ws.model_plane(z)
+        return predictor.embed(plane if window is None else plane[window.slices]), time.perf_counter() - t0
+
+    def done(result):
+        emb, seconds = result
+        session.embeddings.put(predictor, key, emb)
+        where = "" if z is None else f" of slice {z}"
+        session.messages.status(f"embedding{where} {'from the cache' if emb.from_cache else 'computed'} in {seconds:.2f} s")
+        if then is not None:
+            then()
+
+    where = "" if z is None else f" (slice {z})"
+    session.tasks.start("model", f"computing the image embedding{where}", work, on_done=done)
+    return None

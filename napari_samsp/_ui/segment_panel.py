@@ -9,6 +9,7 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGridLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..errors import SamspError
+from .embeddings import plane_key
 from .loading import require_model
 from .workspace import Workspace, check_image_layer
 
@@ -22,40 +23,6 @@ def describe_labels(labels: np.ndarray, mode: str) -> str:
 
     n = int(ndimage.label(np.asarray(labels) > 0)[1])
     return f"{n} foreground region{'s' if n != 1 else ''}"
-
-
-def ensure_embedding(session, ws: Workspace, z: int | None, then=None, window=None) -> bool:
-    """Make the predictor hold the features of plane ``z`` of ``ws`` (or of its ``window``,
-    a :class:`~napari_samsp.local_prompts.Window`; None: the whole plane).
-
-    Returns True when they are ready now; otherwise starts a worker (cache lookup or
-    encoder) and calls ``then()`` when it is done.
-    """
-    key = (ws.key, z) if window is None else (ws.key, z, tuple(window))
-    if session.embedded == key and session.predictor is not None:
-        return True
-    if not require_model(session):
-        return False
-    predictor = session.predictor
-
-    def work(ctx):
-        t0 = time.perf_counter()
-        plane = ws.model_plane(z)
-        predictor.set_image(plane if window is None else plane[window.slices])
-        return predictor.last_embed_was_cached, time.perf_counter() - t0
-
-    def done(result):
-        cached, seconds = result
-        if session.predictor is predictor:
-            session.embedded = key
-        where = "" if z is None else f" of slice {z}"
-        session.messages.status(f"embedding{where} {'from the cache' if cached else 'computed'} in {seconds:.2f} s")
-        if then is not None:
-            then()
-
-    where = "" if z is None else f" (slice {z})"
-    session.tasks.start("model", f"computing the image embedding{where}", work, on_done=done)
-    return False
 
 
 class SegmentPanel(QWidget):
@@ -213,22 +180,25 @@ class SegmentPanel(QWidget):
         kwargs = self._kwargs()
 
         def work(ctx):
-            from ..autoseg import default_tiling, segment_image
+            from ..autoseg import default_tiling, mask_transparent, segment_image
 
             t0 = time.perf_counter()
             plane = ws.model_plane(z)
-            res = segment_image(predictor, plane, mode=mode, progress=ctx.report, cancel=ctx.cancelled, **kwargs)
-            whole = max(plane.shape[:2]) <= default_tiling(predictor.model.img_size)[0]
-            return res, whole, time.perf_counter() - t0
+            if max(plane.shape[:2]) > default_tiling(predictor.model.img_size)[0]:  # tiled, each tile embedded
+                res = segment_image(predictor, plane, mode=mode, progress=ctx.report, cancel=ctx.cancelled, **kwargs)
+                return res, None, time.perf_counter() - t0
+            emb = predictor.embed(plane)  # kept for the clicks that follow
+            res = segment_image(predictor, emb, mode=mode, progress=ctx.report, cancel=ctx.cancelled, **kwargs)
+            return mask_transparent(res, plane), emb, time.perf_counter() - t0
 
         def done(result):
-            res, whole, seconds = result
+            res, emb, seconds = result
             if preview:
                 self._show_preview(ws, z, res.labels)
             else:
                 self._apply_plane(ws, z, res.labels, mode)
-            if self.session.predictor is predictor:
-                self.session.embedded = (ws.key, z) if whole else None
+            if emb is not None:
+                self.session.embeddings.put(predictor, plane_key(ws.key, z), emb)
             where = "" if z is None else f" slice {z}"
             if preview:
                 self.session.messages.status(
@@ -394,7 +364,6 @@ class SegmentPanel(QWidget):
             with ws.suspended():
                 ws.clear_prompts()
             self.session.reset_editor()
-            self.session.embedded = None
             ws.set_labels(out)
             if self.session.edits is not None:
                 self.session.edits.set_stack_proposal(ws, out)
@@ -417,22 +386,27 @@ class SegmentPanel(QWidget):
         threshold, tile, overlap = default_tiling(predictor.model.img_size)
         large = max(ws.spatial[-2:]) > threshold  # clicks there are decoded in these tiles
 
+        keep = self.session.embeddings.max_entries
+
         def work(ctx):
             hits = 0
+            made: list = []  # the last (plane key, embedding) pairs, for the session's embeddings
             for i, z in enumerate(zs):
                 if ctx.cancelled():
                     break
                 plane = ws.model_plane(z)
                 for y0, y1, x0, x1 in plan_tiles(plane.shape[:2], tile, overlap) if large else [(0, None, 0, None)]:
-                    predictor.set_image(plane[y0:y1, x0:x1])
-                    hits += int(predictor.last_embed_was_cached)
+                    emb = predictor.embed(plane[y0:y1, x0:x1])
+                    hits += int(emb.from_cache)
+                    # a tile of a large plane is the window clicks there are decoded in (correct panel)
+                    made = [*made, (plane_key(ws.key, z, (y0, y1, x0, x1) if large else None), emb)][-keep:]
                 ctx.report(i + 1, len(zs))
-            return zs[i], hits
+            return made, hits
 
         def done(result):
-            last, hits = result
-            if self.session.predictor is predictor:
-                self.session.embedded = None if large else (ws.key, last)
+            made, hits = result
+            for key, emb in made:
+                self.session.embeddings.put(predictor, key, emb)
             self.session.messages.status(f"embeddings ready for {len(zs)} plane(s) ({hits} from the cache)")
 
         return self.session.tasks.start("model", f"embedding {len(zs)} plane(s) of '{ws.name}'", work, on_done=done, total=len(zs))

@@ -15,6 +15,7 @@ from psygnal import Signal
 
 from ..interactive import LabelsHistory
 from ..project import Project, default_project
+from .embeddings import PlaneEmbeddings
 from .notify import Messenger
 
 __all__ = ["Session", "default_project"]
@@ -36,7 +37,7 @@ class Session:
         self.base_target: tuple | None = None  # (name_or_path, trust) of the user's base model
         self.loaded = None  # LoadedModel
         self.predictor = None  # Predictor
-        self.embedded: tuple[int, int | None] | None = None  # (workspace key, z) whose features the predictor holds
+        self.embeddings = PlaneEmbeddings()  # by (workspace key, z[, window]), for the current predictor
         self.workspace = None  # Workspace
         self.editor = None  # interactive.ObjectEditor
         self.editor_key: tuple | None = None
@@ -70,7 +71,7 @@ class Session:
     def set_model(self, loaded, predictor) -> None:
         self.loaded = loaded
         self.predictor = predictor
-        self.embedded = None
+        self.embeddings.clear()
         self.reset_editor()
         self.model_changed.emit(loaded)
 
@@ -107,6 +108,5 @@ class Session:
         if self.workspace is not None:
             self.workspace.disconnect()
         self.workspace = workspace
-        self.embedded = None
         self.reset_editor()
         self.workspace_changed.emit(workspace)

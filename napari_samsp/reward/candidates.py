@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from segment_anything.utils.amg import calculate_stability_score
 
+from ..embedding import Embedding
 from ..models.card import DEFAULT_NUM_PASSES
 from ..models.sam_sp import SamSP
 from ..predictor import Predictor, as_plane
@@ -100,10 +101,10 @@ def _jitter(box: np.ndarray, shape: tuple[int, int], rng: np.random.Generator, f
     return np.array([np.clip(out[0], 0, w - 1), np.clip(out[1], 0, h - 1), np.clip(out[2], 0, w - 1), np.clip(out[3], 0, h - 1)], np.float32)
 
 
-def _orig_logits(predictor: Predictor, low_res: torch.Tensor) -> torch.Tensor:
-    """(N, 1|M, L, L) low-res logits -> (N*M, H, W) logits on the predictor's original grid."""
+def _orig_logits(emb: Embedding, low_res: torch.Tensor) -> torch.Tensor:
+    """(N, 1|M, L, L) low-res logits -> (N*M, H, W) logits on the original grid of ``emb``."""
     with torch.inference_mode():
-        x = predictor.transform.logits_to_original(low_res.float().cpu())
+        x = emb.transform.logits_to_original(low_res.float().cpu())
     return x.reshape(-1, *x.shape[-2:])
 
 
@@ -140,13 +141,13 @@ class _Collector:
         )
 
 
-def _seed_for(predictor: Predictor) -> int:
-    return zlib.crc32(predictor.image_key.encode()) & 0xFFFFFFFF
+def _seed_for(emb: Embedding) -> int:
+    return zlib.crc32(emb.key.encode()) & 0xFFFFFFFF
 
 
 def generate_candidates(
     predictor: Predictor,
-    image: np.ndarray | None = None,
+    image: np.ndarray | Embedding | None = None,
     num_passes: int = DEFAULT_NUM_PASSES,
     multimask: bool = True,
     num_jitter: int = 2,
@@ -156,37 +157,35 @@ def generate_candidates(
     """Candidate masks of one image in semantic mode (see the module docstring).
 
     Args:
-        predictor: holds the model; ``image`` is set on it first when given (use
-            :func:`prepare_image` for a bounded grid). The predictor holds that image afterwards.
+        predictor: holds the model; it is not changed.
+        image: an array (embedded first; use :func:`prepare_image` for a bounded grid), its
+            :class:`~napari_samsp.embedding.Embedding`, or None for the predictor's set_image one.
         num_passes: self-prompting passes K; the last pass is the automatic mask (``auto_index``).
         multimask, num_jitter, jitter: box-prompted candidates around the automatic mask.
         tta: add the flip test-time-augmentation candidate (one extra encoder run).
     """
-    if image is not None:
-        predictor.set_image(image)
+    emb = predictor.embedding_of(image)
     col = _Collector()
     with torch.inference_mode():
-        passes = SamSP(predictor.model, num_passes=max(1, int(num_passes))).run_passes(predictor.features)
+        passes = SamSP(predictor.model, num_passes=max(1, int(num_passes))).run_passes(emb.features)
     for k, p in enumerate(passes):
-        col.add(_orig_logits(predictor, p.logits[:1]), p.iou[:1, :1].cpu().numpy(), [f"pass{k}"])
+        col.add(_orig_logits(emb, p.logits[:1]), p.iou[:1, :1].cpu().numpy(), [f"pass{k}"])
     auto = len(passes) - 1
     auto_mask = (col.logits[auto][0] > 0).numpy()
     box = mask_box(auto_mask)
     if multimask:
-        pred = predictor.predict(box=box, multimask_output=True)
-        col.add(_orig_logits(predictor, torch.from_numpy(pred.logits)[None]), pred.scores, [f"mm{j}" for j in range(len(pred.scores))])
+        pred = predictor.predict(box=box, multimask_output=True, embedding=emb)
+        col.add(_orig_logits(emb, torch.from_numpy(pred.logits)[None]), pred.scores, [f"mm{j}" for j in range(len(pred.scores))])
     if num_jitter > 0:
-        rng = np.random.default_rng(_seed_for(predictor))
+        rng = np.random.default_rng(_seed_for(emb))
         boxes = np.stack([_jitter(box, auto_mask.shape, rng, jitter) for _ in range(num_jitter)])
-        _, low, scores = predictor.predict_batch(boxes=boxes)
-        col.add(_orig_logits(predictor, torch.from_numpy(low)), scores, [f"jit{j}" for j in range(num_jitter)])
+        _, low, scores = predictor.predict_batch(boxes=boxes, embedding=emb)
+        col.add(_orig_logits(emb, torch.from_numpy(low)), scores, [f"jit{j}" for j in range(num_jitter)])
     if tta:
-        rgb = predictor.image_rgb
-        predictor.set_image(np.ascontiguousarray(rgb[:, ::-1]))
+        flipped = predictor.embed(np.ascontiguousarray(emb.rgb[:, ::-1]))
         with torch.inference_mode():
-            fp = SamSP(predictor.model, num_passes=max(1, int(num_passes))).run_passes(predictor.features)[-1]
-        lg = _orig_logits(predictor, fp.logits[:1]).flip(-1)
-        predictor.set_image(rgb)
+            fp = SamSP(predictor.model, num_passes=max(1, int(num_passes))).run_passes(flipped.features)[-1]
+        lg = _orig_logits(flipped, fp.logits[:1]).flip(-1)
         col.add(lg, fp.iou[:1, :1].cpu().numpy(), ["flip"])
     return col.build(auto)
 
@@ -197,13 +196,17 @@ def object_candidates(
     num_jitter: int = 2,
     jitter: float = 0.1,
     max_objects: int = 256,
+    *,
+    embedding: Embedding | None = None,
 ) -> dict[int, CandidateSet]:
-    """Candidates of every object of an instance label image (on the predictor's current image).
+    """Candidates of every object of an instance label image on ``embedding`` (default: the
+    predictor's set_image one).
 
     Per object: its own mask as segmented (``auto``, ``auto_index`` 0, predicted IoU from
     a re-decode of its box + centre point), SAM's three multimask outputs for that prompt,
     and ``num_jitter`` jittered-box masks.
     """
+    emb = predictor.embedding_of(embedding)
     labels = np.asarray(labels)
     out: dict[int, CandidateSet] = {}
     slices = ndimage.find_objects(labels.astype(np.int64))
@@ -214,19 +217,19 @@ def object_candidates(
         inner = ndimage.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
         py, px = np.unravel_index(int(np.argmax(inner)), obj.shape)
         pt = np.array([[px, py]], np.float32)
-        single = predictor.predict(point_coords=pt, box=box, multimask_output=False)
-        multi = predictor.predict(point_coords=pt, box=box, multimask_output=True)
+        single = predictor.predict(point_coords=pt, box=box, multimask_output=False, embedding=emb)
+        multi = predictor.predict(point_coords=pt, box=box, multimask_output=True, embedding=emb)
         col = _Collector()
         auto_logit = torch.from_numpy(np.where(obj, 4.0, -4.0).astype(np.float32))[None]
         # The object's own mask: its logit field is the single re-decode where they agree, +-4 elsewhere.
-        dec = _orig_logits(predictor, torch.from_numpy(single.logits)[None])
+        dec = _orig_logits(emb, torch.from_numpy(single.logits)[None])
         agree = (dec > 0) == torch.from_numpy(obj)[None]
         col.add(torch.where(agree, dec, auto_logit), single.scores, ["auto"])
-        col.add(_orig_logits(predictor, torch.from_numpy(multi.logits)[None]), multi.scores, [f"mm{j}" for j in range(len(multi.scores))])
+        col.add(_orig_logits(emb, torch.from_numpy(multi.logits)[None]), multi.scores, [f"mm{j}" for j in range(len(multi.scores))])
         if num_jitter > 0:
-            rng = np.random.default_rng(oid * 7919 + _seed_for(predictor))
+            rng = np.random.default_rng(oid * 7919 + _seed_for(emb))
             boxes = np.stack([_jitter(box, obj.shape, rng, jitter) for _ in range(num_jitter)])
-            _, low, scores = predictor.predict_batch(boxes=boxes)
-            col.add(_orig_logits(predictor, torch.from_numpy(low)), scores, [f"jit{j}" for j in range(num_jitter)])
+            _, low, scores = predictor.predict_batch(boxes=boxes, embedding=emb)
+            col.add(_orig_logits(emb, torch.from_numpy(low)), scores, [f"jit{j}" for j in range(num_jitter)])
         out[oid] = col.build(0, oid)
     return out

@@ -9,6 +9,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..embedding import Embedding
 from ..errors import DataLayoutError
 from ..metrics import dice as dice_score
 from ..models.card import DEFAULT_NUM_PASSES
@@ -79,10 +80,10 @@ def _load(image) -> np.ndarray:
     return np.asarray(image)
 
 
-def _features(predictor: Predictor, cands: CandidateSet, cues: ImageCues) -> tuple[np.ndarray, np.ndarray, tuple]:
+def _features(predictor: Predictor, emb: Embedding, cands: CandidateSet, cues: ImageCues) -> tuple[np.ndarray, np.ndarray, tuple]:
     sf = self_features(cands)
     bc = np.array([[boundary_score(m, cues), contrast_score(m, cues)] for m in cands.masks], np.float32).reshape(-1, 2)
-    pooled = pooled_embeddings(predictor.features.embeddings, cands.masks, predictor.transform.resized_size, predictor.model.img_size)
+    pooled = pooled_embeddings(emb.features.embeddings, cands.masks, emb.transform.resized_size, predictor.model.img_size)
     return sf, bc, pooled
 
 
@@ -96,23 +97,37 @@ def score_image(
     mode: str = "semantic",
     protos_override: EmbeddingPrototypes | None = None,
 ) -> ImageScore:
-    """Candidates, features and the calibrated reward of one image (the predictor holds it afterwards).
+    """Candidates, features and the calibrated reward of one image (the predictor is not changed).
 
     In ``instance`` mode the image's numbers are the area-weighted means over its objects,
     each object scored on its own candidate pool (``ImageScore.objects``: id -> (expected Dice, pool reward)).
     """
+    rgb = prepare_image(_load(image), max_side)
+    return _score_embedding(predictor, predictor.embed(rgb), calibrator, num_passes, tta, mode, protos_override)
+
+
+def _score_embedding(
+    predictor: Predictor,
+    emb: Embedding,
+    calibrator: RewardCalibrator | None,
+    num_passes: int,
+    tta: bool,
+    mode: str,
+    protos_override: EmbeddingPrototypes | None,
+) -> ImageScore:
+    """:func:`score_image` on the embedding of an image already prepared (``emb.rgb``)."""
     cal = calibrator or RewardCalibrator()
     cfg = cal.config
     protos = protos_override if protos_override is not None else cal.protos
-    rgb = prepare_image(_load(image), max_side)
-    cands = generate_candidates(predictor, rgb, num_passes=num_passes, tta=tta)
+    rgb = emb.rgb
+    cands = generate_candidates(predictor, emb, num_passes=num_passes, tta=tta)
     cues = ImageCues.from_rgb(rgb)
-    sf, bc, pooled = _features(predictor, cands, cues)
-    emb = embedding_score(pooled[0], pooled[1], protos)[:, None]
-    ef = np.concatenate([bc, emb], axis=1)
+    sf, bc, pooled = _features(predictor, emb, cands, cues)
+    similarity = embedding_score(pooled[0], pooled[1], protos)[:, None]
+    ef = np.concatenate([bc, similarity], axis=1)
     s, e = cfg.self_score(sf), cfg.evidence_score(ef)
     a = cands.auto_index
-    desc = global_embedding(predictor.features.embeddings, predictor.transform.resized_size, predictor.model.img_size)
+    desc = global_embedding(emb.features.embeddings, emb.transform.resized_size, predictor.model.img_size)
     result = ImageScore(
         expected_dice=float(cal.expected_dice(s[a], e[a])),
         reward=float(cal.absolute(s[a], e[a])),
@@ -128,23 +143,23 @@ def score_image(
         pooled=pooled,
     )
     if mode == "instance":
-        _score_objects(predictor, result, cal, protos, num_passes)
+        _score_objects(predictor, emb, result, cal, protos, num_passes)
     elif mode != "semantic":
         raise ValueError(f"mode must be 'semantic' or 'instance', got {mode!r}")
     return result
 
 
-def _score_objects(predictor: Predictor, result: ImageScore, cal: RewardCalibrator, protos, num_passes: int) -> None:
+def _score_objects(predictor: Predictor, emb: Embedding, result: ImageScore, cal: RewardCalibrator, protos, num_passes: int) -> None:
     from ..autoseg import segment
 
-    seg = segment(predictor, None, mode="instance", num_passes=num_passes)
+    seg = segment(predictor, emb, mode="instance", num_passes=num_passes)
     if not seg.labels.any():
         return
     cues = ImageCues.from_rgb(result.rgb)
     cfg = cal.config
     vals, weights = [], []
-    for oid, cands in object_candidates(predictor, seg.labels).items():
-        sf, bc, pooled = _features(predictor, cands, cues)
+    for oid, cands in object_candidates(predictor, seg.labels, embedding=emb).items():
+        sf, bc, pooled = _features(predictor, emb, cands, cues)
         ef = np.concatenate([bc, embedding_score(pooled[0], pooled[1], protos)[:, None]], axis=1)
         s, e = cfg.self_score(sf), cfg.evidence_score(ef)
         ed = float(cal.expected_dice(s[0], e[0]))
@@ -226,17 +241,18 @@ def collect_store_samples(
         image, labels = loader()
         rgb = prepare_image(image, max_side)
         gt = _resize_mask(np.asarray(labels) > 0, rgb.shape[:2])
-        sc = score_image(predictor, rgb, RewardCalibrator(cfg), num_passes, max_side=None, protos_override=EmbeddingPrototypes())
-        gfg, gbg = pooled_embeddings(predictor.features.embeddings, gt[None], predictor.transform.resized_size, predictor.model.img_size)
+        emb = predictor.embed(rgb)
+        sc = _score_embedding(predictor, emb, RewardCalibrator(cfg), num_passes, False, "semantic", EmbeddingPrototypes())
+        gfg, gbg = pooled_embeddings(emb.features.embeddings, gt[None], emb.transform.resized_size, predictor.model.img_size)
         protos.add(gfg[0], gbg[0])
         a = sc.candidates.auto_index
         rows.append((stem, sc, a, gfg[0], gbg[0], dice_score(sc.auto_mask, gt)))
     s_list, e_list, d_list = [], [], []
     for stem, sc, a, gfg, gbg, d in rows:
         loo = protos.without(gfg, gbg)
-        emb = embedding_score(sc.pooled[0][a : a + 1], sc.pooled[1][a : a + 1], loo)[0]
+        similarity = embedding_score(sc.pooled[0][a : a + 1], sc.pooled[1][a : a + 1], loo)[0]
         ef = sc.evidence_feats[a].copy()
-        ef[2] = emb
+        ef[2] = similarity
         s_list.append(float(cfg.self_score(sc.self_feats[a])[0]))
         e_list.append(float(cfg.evidence_score(ef)[0]))
         d_list.append(float(d))
