@@ -616,7 +616,7 @@ class AnnotationStore:
                 try:
                     self._truncate_manifest(manifest_size)
                     self._rollback(pending, live)
-                except Exception as exc:  # the next writer retries the roll-back
+                except OSError as exc:  # the next writer retries the roll-back
                     warnings.warn(f"roll-back of {stem} incomplete ({exc}); the next write repairs it", stacklevel=2)
                 raise
             for leftover in (self.root / BACKUP, self.root / PENDING):

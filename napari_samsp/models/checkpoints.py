@@ -249,14 +249,18 @@ def _pickle_globals(path: Path) -> list[str]:
     ``weights_only=True`` failing.
     """
     data: bytes | None = None
-    if zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # a torn end record ("spans multiple disks"): scan the bytes as a pickle
+        is_zip = False
+    if is_zip:
         getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
         try:
             if getter is not None:
                 return list(getter(path))
             with zipfile.ZipFile(path) as archive:  # older torch: scan the archive's data.pkl below
                 data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
-        except Exception:  # an unreadable archive: nothing to report
+        except Exception:  # noqa: BLE001 - a damaged archive raises Runtime/Value/EOF/BadZip/StopIteration...: no names
             return []
     found: list[str] = []
     with io.BytesIO(data) if data is not None else open(path, "rb") as f:
@@ -287,7 +291,7 @@ def _pickle_globals(path: Path) -> list[str]:
                         pushed.append(str(arg))
                     elif op.stack_after:
                         pushed.append(None)
-            except Exception:  # end of the pickles, or not a pickle at all
+            except (ValueError, OSError):  # end of the pickles, or not a pickle at all (genops: ValueError)
                 break
     return [g for g in found if not g.startswith(_TENSOR_GLOBAL_PREFIXES)]
 
@@ -341,7 +345,7 @@ def _torch_load(path: Path, trust: bool, refusal: Callable[[Path, list[str]], st
         "computer, with your permissions; stop now (Ctrl+C) unless you trust where the file came from", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - unpickling runs the file's own code, which may raise anything
         raise _corrupt(path, exc) from exc
 
 
