@@ -572,6 +572,22 @@ def _describe_misfit(
     return f"weights in {path} do not fit model {config.name!r} ({config.img_size} px): " + "; ".join(parts) + hint
 
 
+def _sized_model(
+    state: dict[str, torch.Tensor], base: SamConfig, img_size: int | None
+) -> tuple[SamConfig, SamModel, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A random model of ``base`` at ``img_size``, its state dict, and ``state`` with resized positional embeddings.
+
+    Without an explicit ``img_size`` the checkpoint's own resolution is kept: no silent resampling.
+    """
+    native = _native_img_size(state, base)
+    config = _with_img_size(base, img_size or native or base.img_size)
+    model = build_model(config)
+    expected = model.state_dict()
+    if native is not None and native != config.img_size:
+        state = _resize_positional(state, expected, native // config.patch_size, config.embedding_size)
+    return config, model, expected, state
+
+
 def _model_from_state(
     state: dict[str, torch.Tensor], config_name: str | None, img_size: int | None, path: Path
 ) -> SamModel:
@@ -583,13 +599,7 @@ def _model_from_state(
             base = MODEL_CONFIGS[f"samunet_{base.name}"]
     else:
         base = _get_config(config_name)
-    native = _native_img_size(state, base)
-    # Without an explicit size, keep the checkpoint's own resolution: no silent resampling.
-    config = _with_img_size(base, img_size or native or base.img_size)
-    model = build_model(config)
-    expected = model.state_dict()
-    if native is not None and native != config.img_size:
-        state = _resize_positional(state, expected, native // config.patch_size, config.embedding_size)
+    config, model, expected, state = _sized_model(state, base, img_size)
     allow = UNET_BRANCH_PREFIXES if config.unet is not None else ()
     missing, unexpected, mismatched = _compare(expected, state, allow)
     if missing or unexpected or mismatched:
@@ -606,12 +616,7 @@ def _model_from_training(
     if _is_samunet_repo_state(state):  # the paper's own layout: its own architecture, strictly
         return _samunet_repo_model(state, path)
     base = _get_config(config_name)
-    native = _native_img_size(state, base)
-    config = _with_img_size(base, img_size or native or base.img_size)
-    model = build_model(config)
-    expected = model.state_dict()
-    if native is not None and native != config.img_size:
-        state = _resize_positional(state, expected, native // config.patch_size, config.embedding_size)
+    config, model, expected, state = _sized_model(state, base, img_size)
     missing, unexpected, mismatched = _compare(expected, state)
     matched = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
     if not matched:
