@@ -176,6 +176,28 @@ def iou_matrix(gt_labels, pred_labels) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return out, g_ids, p_ids
 
 
+def match_mask_sets(a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-to-one matching of two sets of (possibly overlapping) masks with the largest total IoU.
+
+    Args:
+        a: (N, H, W) masks, bool or 0/1; b: (M, H, W) masks of the same size.
+
+    Returns:
+        ``(rows (K,), cols (K,), iou (K,) float)`` with K = min(N, M): ``a[rows[k]]`` is matched with
+        ``b[cols[k]]`` at IoU ``iou[k]`` (two empty masks have IoU 1). Empty arrays when a set is empty.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if not len(a) or not len(b):
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0)
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    rows, cols = linear_sum_assignment(-iou)
+    return rows, cols, iou[rows, cols]
+
+
 def _ratio(num: float, den: float, other_empty: bool) -> float:
     if den > 0:
         return float(num / den)
