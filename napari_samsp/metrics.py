@@ -31,6 +31,7 @@ __all__ = [
     "iou",
     "hd95",
     "iou_matrix",
+    "match_mask_sets",
     "instance_f1",
     "simulate_clicks",
     "noc",
