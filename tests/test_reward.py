@@ -183,7 +183,8 @@ def _install_field_oracle(monkeypatch, predictor: Predictor, fields: dict, iou: 
     monkeypatch.setattr(Predictor, "predict_batch", predict_batch)
 
 
-def test_rank_puts_bad_automatic_mask_first(monkeypatch, micro_model):
+def _good_and_bad(monkeypatch, micro_model) -> tuple[Predictor, np.ndarray, np.ndarray]:
+    """A predictor whose oracle is confident and right on the good image, hesitant and misplaced on the bad one."""
     good_img, good_mask = _disc(64, 64, 32, 32, 12, seed=1)
     bad_img, bad_mask = _disc(64, 72, 32, 36, 12, seed=2)
     rng = np.random.default_rng(3)
@@ -194,6 +195,11 @@ def test_rank_puts_bad_automatic_mask_first(monkeypatch, micro_model):
     }
     p = Predictor(micro_model, "micro")
     _install_field_oracle(monkeypatch, p, fields)
+    return p, good_img, bad_img
+
+
+def test_rank_puts_bad_automatic_mask_first(monkeypatch, micro_model):
+    p, good_img, bad_img = _good_and_bad(monkeypatch, micro_model)
     rows = rank_images(p, [good_img, bad_img], diversity=None)
     assert [r["index"] for r in rows] == [1, 0]
     assert rows[0]["expected_dice"] < rows[1]["expected_dice"]
@@ -372,16 +378,7 @@ def test_store_with_enough_corrections_calibrates(tmp_path, micro_model):
 
 def test_instance_mode_ranks_by_the_objects(monkeypatch, micro_model):
     """Instance mode scores each object on its own pool: the image's numbers are their area-weighted means."""
-    good_img, good_mask = _disc(64, 64, 32, 32, 12, seed=1)
-    bad_img, bad_mask = _disc(64, 72, 32, 36, 12, seed=2)
-    rng = np.random.default_rng(3)
-    wrong = np.roll(bad_mask, (14, 16), axis=(0, 1))
-    fields = {
-        (64, 64): np.where(good_mask, 8.0, -8.0),
-        (64, 72): np.where(wrong, 0.6, -0.6) + rng.normal(0, 0.3, bad_mask.shape),
-    }
-    p = Predictor(micro_model, "micro")
-    _install_field_oracle(monkeypatch, p, fields)
+    p, good_img, bad_img = _good_and_bad(monkeypatch, micro_model)
     rows = rank_images(p, [good_img, bad_img], diversity=None, mode="instance", keep_scores=True)
     assert [r["index"] for r in rows] == [1, 0]
     assert rows[0]["expected_dice"] < rows[1]["expected_dice"]
