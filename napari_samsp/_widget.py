@@ -70,11 +70,7 @@ def _shutdown(session: Session, viewer, keys: list[str]) -> None:
     if session.tasks is not None:
         session.tasks.shutdown()
     for key in keys:
-        try:
-            if viewer.keymap.get(key) is not None:
-                viewer.bind_key(key, None)
-        except Exception:
-            pass
+        viewer.bind_key(key, None)  # unbinding a key that is not bound does nothing
 
 
 class SamspWidget(QWidget):
@@ -186,7 +182,7 @@ class SamspWidget(QWidget):
         self.status.setText(text)
         try:
             self.viewer.status = text  # napari's status bar too (no toast over the canvas)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a copy for the status bar only: the panel already shows the text
             pass
 
     def _on_tasks(self) -> None:
@@ -236,7 +232,7 @@ class SamspWidget(QWidget):
     def set_project(self, folder: str | Path) -> None:
         try:
             self.session.set_project(folder)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad folder (SamspError, OSError) or a failing panel listener: one line
             self.session.messages.exception(exc, "project folder")
             return
         self.project_edit.setText(str(self.session.project))

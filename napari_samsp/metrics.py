@@ -31,6 +31,7 @@ __all__ = [
     "iou",
     "hd95",
     "iou_matrix",
+    "match_mask_sets",
     "instance_f1",
     "simulate_clicks",
     "noc",
@@ -174,6 +175,28 @@ def iou_matrix(gt_labels, pred_labels) -> tuple[np.ndarray, np.ndarray, np.ndarr
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(union > 0, inter / union, 0.0)
     return out, g_ids, p_ids
+
+
+def match_mask_sets(a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-to-one matching of two sets of (possibly overlapping) masks with the largest total IoU.
+
+    Args:
+        a: (N, H, W) masks, bool or 0/1; b: (M, H, W) masks of the same size.
+
+    Returns:
+        ``(rows (K,), cols (K,), iou (K,) float)`` with K = min(N, M): ``a[rows[k]]`` is matched with
+        ``b[cols[k]]`` at IoU ``iou[k]`` (two empty masks have IoU 1). Empty arrays when a set is empty.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if not len(a) or not len(b):
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0)
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    rows, cols = linear_sum_assignment(-iou)
+    return rows, cols, iou[rows, cols]
 
 
 def _ratio(num: float, den: float, other_empty: bool) -> float:
@@ -447,6 +470,49 @@ def _instances(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
+def _image_row(stem: str, gt_path: Path, pred_path: Path | None, instances: bool, threshold: float) -> dict:
+    """One image's row of :func:`evaluate_folders`; no prediction counts as an empty one."""
+    gt = read_mask(gt_path)
+    if pred_path is not None:
+        pred = read_mask(pred_path)
+        if pred.shape != gt.shape:
+            raise InputImageError(f"{stem}: prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
+    else:
+        pred = np.zeros_like(gt)
+    row = {"stem": stem, "dice": dice(pred, gt), "iou": iou(pred, gt), "hd95": hd95(pred, gt)}
+    if instances:
+        inst = instance_f1(_instances(pred), _instances(gt), threshold=threshold)
+        row.update(
+            f1=inst["f1"], precision=inst["precision"], recall=inst["recall"],
+            mean_matched_iou=inst["mean_matched_iou"], pq=inst["pq"],
+            tp=inst["tp"], fp=inst["fp"], fn=inst["fn"],
+        )
+    return row
+
+
+def _summary(per_image: list[dict], instances: bool, threshold: float) -> dict:
+    """Means (and ``std``) over the rows, plus the pooled instance counts: :func:`evaluate_folders`'s head."""
+    out: dict = {"n": len(per_image)}
+    std: dict = {}
+    names = [("dice", "dice"), ("iou", "iou"), ("hd95", "hd95")]
+    if instances:
+        names += [("instance_f1", "f1"), ("precision", "precision"), ("recall", "recall"),
+                  ("mean_matched_iou", "mean_matched_iou"), ("pq", "pq")]
+    for key, col in names:
+        s = summarize(r[col] for r in per_image)
+        out[key] = s["mean"]
+        std[key] = s["std"]
+    if instances:
+        tp = sum(r["tp"] for r in per_image)
+        fp = sum(r["fp"] for r in per_image)
+        fn = sum(r["fn"] for r in per_image)
+        out.update(tp=int(tp), fp=int(fp), fn=int(fn))
+        out["instance_f1_pooled"] = _ratio(2 * tp, 2 * tp + fp + fn, tp + fp + fn == 0)
+        out["iou_threshold"] = float(threshold)
+    out["std"] = std
+    return out
+
+
 def evaluate_folders(pred_dir, gt_dir, instances: bool = False, threshold: float = 0.5) -> dict:
     """Compare predicted masks with ground truth, matched by file stem; the ``samsp evaluate`` back end.
 
@@ -489,45 +555,8 @@ def evaluate_folders(pred_dir, gt_dir, instances: bool = False, threshold: float
     missing = sorted(set(gt_files) - set(pred_files))
     extra = sorted(set(pred_files) - set(gt_files))
 
-    per_image = []
-    for stem in sorted(gt_files):
-        gt = read_mask(gt_files[stem])
-        if stem in pred_files:
-            pred = read_mask(pred_files[stem])
-            if pred.shape != gt.shape:
-                raise InputImageError(
-                    f"{stem}: prediction shape {pred.shape} differs from ground-truth shape {gt.shape}"
-                )
-        else:
-            pred = np.zeros_like(gt)
-        row = {"stem": stem, "dice": dice(pred, gt), "iou": iou(pred, gt), "hd95": hd95(pred, gt)}
-        if instances:
-            inst = instance_f1(_instances(pred), _instances(gt), threshold=threshold)
-            row.update(
-                f1=inst["f1"], precision=inst["precision"], recall=inst["recall"],
-                mean_matched_iou=inst["mean_matched_iou"], pq=inst["pq"],
-                tp=inst["tp"], fp=inst["fp"], fn=inst["fn"],
-            )
-        per_image.append(row)
-
-    out: dict = {"n": len(per_image)}
-    std: dict = {}
-    names = [("dice", "dice"), ("iou", "iou"), ("hd95", "hd95")]
-    if instances:
-        names += [("instance_f1", "f1"), ("precision", "precision"), ("recall", "recall"),
-                  ("mean_matched_iou", "mean_matched_iou"), ("pq", "pq")]
-    for key, col in names:
-        s = summarize(r[col] for r in per_image)
-        out[key] = s["mean"]
-        std[key] = s["std"]
-    if instances:
-        tp = sum(r["tp"] for r in per_image)
-        fp = sum(r["fp"] for r in per_image)
-        fn = sum(r["fn"] for r in per_image)
-        out.update(tp=int(tp), fp=int(fp), fn=int(fn))
-        out["instance_f1_pooled"] = _ratio(2 * tp, 2 * tp + fp + fn, tp + fp + fn == 0)
-        out["iou_threshold"] = float(threshold)
-    out["std"] = std
+    per_image = [_image_row(stem, gt_files[stem], pred_files.get(stem), instances, threshold) for stem in sorted(gt_files)]
+    out = _summary(per_image, instances, threshold)
     out["per_image"] = per_image
     out["missing"] = missing
     out["extra"] = extra

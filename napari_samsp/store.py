@@ -230,6 +230,15 @@ def _prepare_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _check_slice_index(slice_index: Any) -> int | None:
+    """``slice_index`` as an int (None stays None); raises InputImageError unless it is an integer >= 0."""
+    if slice_index is None:
+        return None
+    if isinstance(slice_index, bool) or not isinstance(slice_index, (int, np.integer)) or slice_index < 0:
+        raise InputImageError(f"slice_index must be an integer >= 0, got {slice_index!r}")
+    return int(slice_index)
+
+
 def _prepare_labels(labels: np.ndarray, hw: tuple[int, int], allow_empty: bool) -> tuple[np.ndarray, bool]:
     """Validate labels against the image size -> (labels as read_mask returns them, is_binary)."""
     lab = np.asarray(labels)
@@ -565,10 +574,7 @@ class AnnotationStore:
         img = _prepare_image(image)
         hw = (int(img.shape[0]), int(img.shape[1]))
         lab, is_binary = _prepare_labels(labels, hw, allow_empty)
-        if slice_index is not None:
-            if isinstance(slice_index, bool) or not isinstance(slice_index, (int, np.integer)) or slice_index < 0:
-                raise InputImageError(f"slice_index must be an integer >= 0, got {slice_index!r}")
-            slice_index = int(slice_index)
+        slice_index = _check_slice_index(slice_index)
         phash = pixel_hash(img)
         source_str = None if source is None else os.fspath(source)
         on_disk = (lab > 0).astype(np.uint8) * 255 if is_binary else lab
@@ -577,8 +583,6 @@ class AnnotationStore:
             self._recover()
             live = dict(self._live())
             stem = self._stem_for(phash, slice_index, name, source_str, live)
-            prev = live.get(stem)
-            image_path, mask_path = self.image_path(stem), self.mask_path(stem)
             record = {
                 "v": SCHEMA_VERSION,
                 "op": "add",
@@ -596,35 +600,47 @@ class AnnotationStore:
                 "image_dtype": img.dtype.str,
                 "mask_kind": "binary" if is_binary else "instance",
                 "mask_hash": pixel_hash(lab),
-                "image_file": f"images/{image_path.name}",
-                "mask_file": f"masks/{mask_path.name}",
+                "image_file": f"images/{self.image_path(stem).name}",
+                "mask_file": f"masks/{self.mask_path(stem).name}",
             }
             if mask_source is not None:
                 record["mask_source"] = str(mask_source)
-            line = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
-            manifest_size = self.manifest_path.stat().st_size if self.manifest_path.exists() else 0
-            pending = {"record": record, "prev_live": prev is not None, "prev_mask": mask_path.exists()}
-            write_json_atomic(self.root / PENDING, pending)
-            try:
-                if prev is not None and pending["prev_mask"]:
-                    self._backup_mask(mask_path)
-                if prev is None or not image_path.is_file():  # an update has the same pixels by construction
-                    write_tiff_atomic(image_path, img)
-                write_png_atomic(mask_path, on_disk)
-                _append_line(self.manifest_path, line)  # commit point
-            except BaseException:
-                try:
-                    self._truncate_manifest(manifest_size)
-                    self._rollback(pending, live)
-                except Exception as exc:  # the next writer retries the roll-back
-                    warnings.warn(f"roll-back of {stem} incomplete ({exc}); the next write repairs it", stacklevel=2)
-                raise
-            for leftover in (self.root / BACKUP, self.root / PENDING):
-                with contextlib.suppress(OSError):
-                    _unlink(leftover)
+            self._commit_add(record, img, on_disk, live)
             live[stem] = record
             self._write_splits(list(live))
         return Entry.from_record(self.root, record)
+
+    def _commit_add(self, record: dict[str, Any], img: np.ndarray, on_disk: np.ndarray,
+                    live: dict[str, dict[str, Any]]) -> None:
+        """Steps 1-4 of the commit protocol for ``record``; call with the lock held.
+
+        ``img``: the pixels to store; ``on_disk``: the mask as written (0/255 uint8 or labels).
+        Any failure before the manifest line is appended rolls the files back, then re-raises.
+        """
+        stem = record["stem"]
+        prev = live.get(stem)
+        image_path, mask_path = self.image_path(stem), self.mask_path(stem)
+        line = (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
+        manifest_size = self.manifest_path.stat().st_size if self.manifest_path.exists() else 0
+        pending = {"record": record, "prev_live": prev is not None, "prev_mask": mask_path.exists()}
+        write_json_atomic(self.root / PENDING, pending)
+        try:
+            if prev is not None and pending["prev_mask"]:
+                self._backup_mask(mask_path)
+            if prev is None or not image_path.is_file():  # an update has the same pixels by construction
+                write_tiff_atomic(image_path, img)
+            write_png_atomic(mask_path, on_disk)
+            _append_line(self.manifest_path, line)  # commit point
+        except BaseException:
+            try:
+                self._truncate_manifest(manifest_size)
+                self._rollback(pending, live)
+            except OSError as exc:  # the next writer retries the roll-back
+                warnings.warn(f"roll-back of {stem} incomplete ({exc}); the next write repairs it", stacklevel=3)
+            raise
+        for leftover in (self.root / BACKUP, self.root / PENDING):
+            with contextlib.suppress(OSError):
+                _unlink(leftover)
 
     def remove(self, stem: str) -> None:
         """Remove an entry: appends a tombstone record and moves its files to ``trash/``.

@@ -370,3 +370,64 @@ def test_segment_follows_the_cards_refine_instances(tmp_path, capsys, monkeypatc
                        "--mode", "instance", "--threads", "1")
     assert code == 0, err
     assert seen and all(s == (1, False) for s in seen)
+
+
+# ----------------------------------------------------------------------------- rank
+
+
+def _store_of_corrections(root: Path, n: int = 5):
+    """An annotation store (what the plugin writes) with ``n`` corrected disc images."""
+    from napari_samsp.store import AnnotationStore
+
+    store = AnnotationStore(root)
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        img, lab = disc_image(rng, 64, 72)
+        store.add(img, lab, source=f"c{i}.png")
+    return store
+
+
+def test_rank_prints_rank_paths_order_calibrated_by_the_store(tmp_path, capsys, monkeypatch):
+    from napari_samsp.models.checkpoints import load_model
+    from napari_samsp.predictor import Predictor
+    from napari_samsp.reward import rank_paths
+    from napari_samsp.work_queue import rank_options
+
+    monkeypatch.setenv("SAMSP_CACHE", "off")
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(disc_image(rng, 64 + 8 * i, 80)[0]).save(folder / f"u{i}.png")
+    _store_of_corrections(tmp_path / "store")
+    code, out, err = run(capsys, "rank", folder, "--store", tmp_path / "store", "--mode", "instance",
+                         "--model", "micro", "--threads", "1")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    # the library's ranking with the options the plugin uses (same model, mode and store)
+    loaded = load_model("micro")
+    paths = sorted(folder.glob("*.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = list(rank_paths(Predictor(loaded.model, loaded.model_id), paths,
+                                   **rank_options(loaded.model_card, "instance", tmp_path / "store")))
+    assert [r["image"] for r in rows] == [r["image"] for r in expected]
+    assert [Path(r["image"]).name for r in rows] != [p.name for p in paths]  # the order is not file order
+    np.testing.assert_allclose([r["expected_dice"] for r in rows], [r["expected_dice"] for r in expected], atol=1e-6)
+    assert [r["rank"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["calibrated"] for r in rows)  # 5 corrected masks in the store: calibrated
+    # --mode is used: semantic mode scores the images differently
+    code, out_sem, err = run(capsys, "rank", folder, "--store", tmp_path / "store", "--mode", "semantic",
+                             "--model", "micro", "--threads", "1")
+    assert code == 0, err
+    sem = {r["image"]: r["expected_dice"] for r in map(json.loads, out_sem.splitlines())}
+    assert any(abs(sem[r["image"]] - r["expected_dice"]) > 1e-6 for r in rows)
+
+
+def test_rank_without_the_store_fails_with_one_line(tmp_path, capsys):
+    write_inputs(tmp_path / "in")
+    code, out, err = run(capsys, "rank", tmp_path / "in", "--store", tmp_path / "nowhere", "--model", "micro",
+                         "--threads", "1")
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if not line.startswith("samsp: warning:")]
+    assert len(lines) == 1 and "annotation store not found" in lines[0], err

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.utils.amg import mask_to_rle_pytorch
 
@@ -34,6 +33,7 @@ from napari_samsp.everything import (
     masks_to_labels,
 )
 from napari_samsp.models import build_model
+from napari_samsp.metrics import match_mask_sets
 from napari_samsp.models.checkpoints import load_model
 from napari_samsp.models.sam_model import ImageFeatures
 from napari_samsp.predictor import Predictor
@@ -87,13 +87,9 @@ def _upstream_generator(path, opts: EverythingOptions) -> SamAutomaticMaskGenera
 def _assert_same_masks(ours: EverythingMasks, records: list[dict]) -> None:
     """One-to-one matching with mask IoU >= 0.99; the matched predicted IoU, stability and point agree."""
     assert len(ours) == len(records) > 0
-    a = np.stack([ours.mask(i) for i in range(len(ours))]).reshape(len(ours), -1).astype(np.float32)
-    b = np.stack([r["segmentation"] for r in records]).reshape(len(records), -1).astype(np.float32)
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    rows, cols = linear_sum_assignment(-iou)
-    assert iou[rows, cols].min() >= 0.99, np.sort(iou[rows, cols])[:5]
+    rows, cols, iou = match_mask_sets(np.stack([ours.mask(i) for i in range(len(ours))]),
+                                      np.stack([r["segmentation"] for r in records]))
+    assert iou.min() >= 0.99, np.sort(iou)[:5]
     for i, j in zip(rows, cols):
         rec = records[j]
         assert ours.iou_preds[i] == pytest.approx(rec["predicted_iou"], abs=1e-4)

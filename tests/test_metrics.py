@@ -355,3 +355,22 @@ def test_no_torch_import_at_module_level():
     code = "import sys, napari_samsp.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_match_mask_sets_pairs_overlapping_masks_by_iou():
+    big = np.zeros((10, 10), bool)
+    big[:, :6] = True  # 60 px
+    left = np.zeros((10, 10), bool)
+    left[:, :3] = True  # 30 px, inside big
+    shifted = np.zeros((10, 10), bool)
+    shifted[:, 1:6] = True  # 50 px, inside big: IoU 50/60 with big, 20/60 with left
+    rows, cols, iou = M.match_mask_sets(np.stack([big, left]), np.stack([left, shifted, big]))
+    assert dict(zip(rows.tolist(), cols.tolist())) == {0: 2, 1: 0}
+    np.testing.assert_allclose(iou, [1.0, 1.0])
+    rows, cols, iou = M.match_mask_sets(np.stack([left, big]), np.stack([shifted]))
+    # total IoU: big~shifted (50/60) beats left~shifted (20/60)
+    assert rows.tolist() == [1] and cols.tolist() == [0]
+    np.testing.assert_allclose(iou, [50 / 60])
+    empty = np.zeros((0, 10, 10), bool)
+    assert all(x.size == 0 for x in M.match_mask_sets(empty, np.stack([big])))
+    assert M.match_mask_sets(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))[2].tolist() == [1.0]

@@ -189,7 +189,8 @@ def _install_field_oracle(monkeypatch, predictor: Predictor, fields: dict, iou: 
     monkeypatch.setattr(Predictor, "predict_batch", predict_batch)
 
 
-def test_rank_puts_bad_automatic_mask_first(monkeypatch, micro_model):
+def _good_and_bad(monkeypatch, micro_model) -> tuple[Predictor, np.ndarray, np.ndarray]:
+    """A predictor whose oracle is confident and right on the good image, hesitant and misplaced on the bad one."""
     good_img, good_mask = _disc(64, 64, 32, 32, 12, seed=1)
     bad_img, bad_mask = _disc(64, 72, 32, 36, 12, seed=2)
     rng = np.random.default_rng(3)
@@ -200,6 +201,11 @@ def test_rank_puts_bad_automatic_mask_first(monkeypatch, micro_model):
     }
     p = Predictor(micro_model, "micro")
     _install_field_oracle(monkeypatch, p, fields)
+    return p, good_img, bad_img
+
+
+def test_rank_puts_bad_automatic_mask_first(monkeypatch, micro_model):
+    p, good_img, bad_img = _good_and_bad(monkeypatch, micro_model)
     rows = rank_images(p, [good_img, bad_img], diversity=None)
     assert [r["index"] for r in rows] == [1, 0]
     assert rows[0]["expected_dice"] < rows[1]["expected_dice"]
@@ -245,7 +251,10 @@ def test_mixed_sizes_and_channels(micro_model, tmp_path):
     ]
     rows = rank_images(p, images)
     assert sorted(r["rank"] for r in rows) == list(range(5))
-    assert all(0.0 <= r["expected_dice"] <= 1.0 for r in rows)
+    # each row's expected Dice is the (uncalibrated) calibrator's map of that row's two scores
+    prior = RewardCalibrator()
+    for r in rows:
+        assert r["expected_dice"] == pytest.approx(float(prior.expected_dice(r["self_confidence"], r["evidence"])), abs=1e-9)
     # lowest expected Dice first; near-duplicates are moved behind their twin, so check the others' order
     by_rank = sorted(rows, key=lambda r: r["rank"])
     eds = [r["expected_dice"] for r in by_rank if r["duplicate_of"] is None]
@@ -371,3 +380,46 @@ def test_store_with_enough_corrections_calibrates(tmp_path, micro_model):
     assert cal.protos is not None and cal.protos.count == 6
     rows = rank_images(p, [_disc(seed=9)[0], _disc(seed=10)[0]], calibrator=cal)
     assert all(r["calibrated"] for r in rows)
+
+
+def test_instance_mode_ranks_by_the_objects(monkeypatch, micro_model):
+    """Instance mode scores each object on its own pool: the image's numbers are their area-weighted means."""
+    p, good_img, bad_img = _good_and_bad(monkeypatch, micro_model)
+    rows = rank_images(p, [good_img, bad_img], diversity=None, mode="instance", keep_scores=True)
+    assert [r["index"] for r in rows] == [1, 0]
+    assert rows[0]["expected_dice"] < rows[1]["expected_dice"]
+    for r in rows:
+        objects = r["score"].objects
+        assert objects, "instance mode scored no object"
+        eds = [v[0] for v in objects.values()]
+        assert min(eds) - 1e-9 <= r["expected_dice"] <= max(eds) + 1e-9  # a weighted mean of its objects
+    with pytest.raises(ValueError, match="mode"):
+        rank_images(p, [good_img], mode="panoptic")
+
+
+def test_calibration_from_an_annotation_store(tmp_path, micro_model):
+    """The plugin's store calibrates the reward: one sample per corrected entry, each against its own mask."""
+    from napari_samsp.metrics import dice as dice_metric
+    from napari_samsp.reward.candidates import prepare_image
+    from napari_samsp.reward.ranking import score_image
+    from napari_samsp.store import AnnotationStore
+
+    store = AnnotationStore(tmp_path / "store")
+    truth = {}
+    for i in range(6):
+        img, mask = _disc(56, 64, 18 + 4 * i, 20 + 5 * i, 7 + i, seed=20 + i)
+        entry = store.add(img, mask.astype(np.uint8), source=f"cell{i}.png")
+        truth[entry.stem] = (img, mask)
+    store.add(_disc(seed=40)[0], _disc(seed=40)[1].astype(np.uint8), source="accepted.png", corrected=False)
+    p = Predictor(micro_model, "micro")
+    cal = fit_calibrator(p, store)
+    samples = cal.samples
+    assert cal.calibrated and sorted(samples.stems) == sorted(truth)  # corrected entries only
+    for stem, d in zip(samples.stems, samples.dice):
+        img, mask = truth[stem]
+        auto = score_image(p, prepare_image(img, 512), RewardCalibrator(), max_side=None).auto_mask
+        assert d == pytest.approx(dice_metric(auto, mask), abs=1e-6)
+    # rank_images with the store itself uses that calibration
+    rows = rank_images(p, [_disc(seed=9)[0]], store=store)
+    assert rows[0]["calibrated"] is True
+    assert rows[0]["expected_dice"] == pytest.approx(float(cal.expected_dice(rows[0]["self_confidence"], rows[0]["evidence"])))

@@ -347,10 +347,20 @@ def test_queue_shortcuts_sample_data_reader_writer(annotator, qtbot, tmp_path):
     folder = tmp_path / "queue"
     for k in range(3):
         image, _ = synthetic_nuclei((48, 48), n=3, seed=10 + k)
-        write_png_atomic(folder / f"im{k}.png", (image // 256).astype(np.uint8))
+        write_png_atomic(folder / f"im{2 - k}.png", (image // 256).astype(np.uint8))  # names: not the ranked order
     assert w.open_folder(folder, rank=True) is not None  # ranked by the self-reward, in a worker
     wait(qtbot, w)
-    assert sorted(p.name for p in w.session.queue.items) == ["im0.png", "im1.png", "im2.png"]
+    # the queue's order is the ranking's (lowest expected Dice first) with the plugin's options, not file order
+    from napari_samsp.predictor import Predictor
+    from napari_samsp.reward import rank_paths
+    from napari_samsp.work_queue import rank_options
+
+    loaded = w.session.loaded
+    options = rank_options(loaded.model_card, w.segment_panel.mode.currentText(), None)
+    expected = [Path(r["image"]).name for r in rank_paths(Predictor(loaded.model, loaded.model_id),
+                                                          sorted(folder.glob("*.png")), **options)]
+    assert sorted(expected) == ["im0.png", "im1.png", "im2.png"] and expected != sorted(expected)
+    assert [p.name for p in w.session.queue.items] == expected
     first = w.queue_panel.queue_layer
     name0 = w.session.queue.items[0].stem
     assert first.name == name0 and first.metadata["samsp_path"].endswith(f"{name0}.png")
@@ -377,3 +387,11 @@ def test_queue_shortcuts_sample_data_reader_writer(annotator, qtbot, tmp_path):
     last = w.session.queue.items[-1].stem
     saved = viewer.layers[f"{last} labels"].save(str(tmp_path / "w.json"), plugin="napari-samsp")
     assert saved and json.loads(Path(saved[0]).read_text())["images"]
+
+
+def test_closing_the_widget_unbinds_its_shortcuts(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    widget = SamspWidget(viewer, project=tmp_path / "project")
+    assert all(_key(key) in viewer.keymap for key in SHORTCUTS)
+    widget.close()  # closeEvent: stop the tasks, unbind the keys (their callbacks hold the widget)
+    assert not any(_key(key) in viewer.keymap for key in SHORTCUTS)

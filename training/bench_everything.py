@@ -83,19 +83,14 @@ def _autocast(device: torch.device, bf16: bool):
 
 def match_masks(ours, records: list[dict]) -> dict:
     """Counts and the one-to-one matched mask IoUs of our masks and upstream's records."""
-    from scipy.optimize import linear_sum_assignment
+    from napari_samsp.metrics import match_mask_sets
 
     out = {"ours": len(ours), "upstream": len(records)}
     if not len(ours) or not records:
         out.update(matched=0, min_iou=None, mean_iou=None)
         return out
-    a = np.stack([ours.mask(i) for i in range(len(ours))]).reshape(len(ours), -1).astype(np.float32)
-    b = np.stack([r["segmentation"] for r in records]).reshape(len(records), -1).astype(np.float32)
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    rows, cols = linear_sum_assignment(-iou)
-    m = iou[rows, cols]
+    _, _, m = match_mask_sets(np.stack([ours.mask(i) for i in range(len(ours))]),
+                              np.stack([r["segmentation"] for r in records]))
     out.update(matched=int(len(m)), min_iou=float(m.min()), mean_iou=float(m.mean()))
     return out
 

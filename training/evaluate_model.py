@@ -45,6 +45,7 @@ from common import DATA_ROOT, DATASETS, INSTANCE_SETS, evenly_spaced, resolve_da
 from napari_samsp import metrics  # noqa: E402
 from napari_samsp.finetune.checkpoint import load_checkpoint  # noqa: E402
 from napari_samsp.io import read_image, read_mask  # noqa: E402
+from napari_samsp.models.card import ModelCard, SegmentOptions  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,28 +288,27 @@ def main(argv: list[str] | None = None) -> int:
         ck = load_checkpoint(args.checkpoint, args.weights)
         if ck.which != args.weights:
             print(f"{args.checkpoint}: no '{args.weights}' weights (no validation yet?); using '{ck.which}'", file=sys.stderr)
-        model, model_id, card, source = ck.build_model(args.config_name), ck.model_id, ck.card(), str(args.checkpoint)
+        model, model_id, card, source = ck.build_model(args.config_name), ck.model_id, ModelCard.from_dict(ck.card()), \
+            str(args.checkpoint)
     else:
         from napari_samsp.models.checkpoints import load_model
 
         lm = load_model(args.model, device="cpu")
         if lm.is_random:
             print(f"warning: {args.model} is randomly initialised", file=sys.stderr)
-        model, model_id, card, source = lm.model, lm.model_id, dict(lm.card), lm.source
-    from napari_samsp.autoseg import card_segment_options
-
-    num_passes = args.num_passes or int(card.get("num_passes", 2))
-    refine = card_segment_options(card).get("refine_instances", True) and not args.no_refine
+        model, model_id, card, source = lm.model, lm.model_id, lm.model_card, lm.source
+    num_passes = args.num_passes or card.num_passes
+    refine = SegmentOptions.from_card(card).refine_instances and not args.no_refine
     seg = SamSegmenter(model, model_id, num_passes, name=source, click_box=args.click_box,
                        refine_instances=refine)
-    res = evaluate(seg, args.data, args.limit, args.mode, str(card.get("mode", "semantic")), args.noc_objects,
+    res = evaluate(seg, args.data, args.limit, args.mode, card.mode, args.noc_objects,
                    args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True), box_images=args.box_images)
     res["settings"]["refine_instances"] = refine
     res["model"] = {"source": source, "model_id": model_id, "num_passes": num_passes,
                     "config": getattr(model, "config", None) and model.config.name,
                     "parameters": int(sum(p.numel() for p in model.parameters())),
-                    "card_mode": card.get("mode"), "checkpoint": card.get("checkpoint"),
-                    "card_metrics": card.get("metrics")}
+                    "card_mode": card.mode, "checkpoint": card.to_dict().get("checkpoint"),
+                    "card_metrics": card.to_dict()["metrics"]}
     text = json.dumps(res, indent=2, default=str)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

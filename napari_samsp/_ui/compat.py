@@ -30,7 +30,7 @@ def guard_triton() -> bool:
         # No OpenGL context yet: load triton now, while it is safe (if it is installed at all).
         try:
             import triton  # noqa: F401
-        except Exception:
+        except Exception:  # not installed (ImportError) or broken (any type): torch then runs without it
             pass
         return False
     sys.modules["triton"] = None  # type: ignore[assignment]

@@ -101,10 +101,7 @@ class CorrectPanel(QWidget):
 
     def watch_labels(self, ws) -> None:
         layer = ws.labels
-        try:
-            layer.events.selected_label.disconnect(self._on_selected_label)
-        except Exception:
-            pass
+        layer.events.selected_label.disconnect(self._on_selected_label)  # a no-op when not connected
         layer.events.selected_label.connect(self._on_selected_label)
         self._on_selected_label()
 

@@ -58,10 +58,7 @@ class CountsLabel(QLabel):
             for name in ("data", "paint", "labels_update", "set_data"):
                 emitter = getattr(old.events, name, None)
                 if emitter is not None:
-                    try:
-                        emitter.disconnect(self.schedule)
-                    except Exception:
-                        pass
+                    emitter.disconnect(self.schedule)  # a no-op when not connected
         self._labels = layer
         if layer is not None:
             for name in ("data", "paint", "labels_update", "set_data"):

@@ -155,7 +155,7 @@ class TaskRunner(QObject):
                 delta = done - pbar.n
                 if delta > 0:
                     pbar.update(delta)
-            except Exception:  # a closed progress bar
+            except Exception:  # noqa: BLE001 - progress display only: its listeners' errors must not stop the task
                 pass
         for listener in task.progress_listeners:
             listener(done, total)
@@ -186,5 +186,5 @@ class TaskRunner(QObject):
             for cb in callbacks:
                 try:
                     cb()
-                except Exception as exc:
+                except Exception as exc:  # a bug in a callback: report, run the others
                     self.messenger.exception(exc)

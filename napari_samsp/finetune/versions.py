@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import SamspError
+from ..errors import SamspError, WeightsError
 from ..io import write_json_atomic
 from ..models.checkpoints import LoadedModel, load_model, read_card, save_model
 from ..models.sam_model import SamModel
@@ -89,7 +89,7 @@ class ModelVersions:
         for path in sorted(self.dir.glob("*.safetensors")):
             try:
                 card = read_card(path)
-            except Exception:  # a foreign or damaged file must not hide the others
+            except WeightsError:  # a foreign or damaged file must not hide the others
                 continue
             out.append(VersionInfo(card.get("version", path.stem), path, card, card.get("created", "")))
         return out

@@ -249,14 +249,18 @@ def _pickle_globals(path: Path) -> list[str]:
     ``weights_only=True`` failing.
     """
     data: bytes | None = None
-    if zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # a torn end record ("spans multiple disks"): scan the bytes as a pickle
+        is_zip = False
+    if is_zip:
         getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
         try:
             if getter is not None:
                 return list(getter(path))
             with zipfile.ZipFile(path) as archive:  # older torch: scan the archive's data.pkl below
                 data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
-        except Exception:  # an unreadable archive: nothing to report
+        except Exception:  # noqa: BLE001 - a damaged archive raises Runtime/Value/EOF/BadZip/StopIteration...: no names
             return []
     found: list[str] = []
     with io.BytesIO(data) if data is not None else open(path, "rb") as f:
@@ -287,7 +291,7 @@ def _pickle_globals(path: Path) -> list[str]:
                         pushed.append(str(arg))
                     elif op.stack_after:
                         pushed.append(None)
-            except Exception:  # end of the pickles, or not a pickle at all
+            except (ValueError, OSError):  # end of the pickles, or not a pickle at all (genops: ValueError)
                 break
     return [g for g in found if not g.startswith(_TENSOR_GLOBAL_PREFIXES)]
 
@@ -341,7 +345,7 @@ def _torch_load(path: Path, trust: bool, refusal: Callable[[Path, list[str]], st
         "computer, with your permissions; stop now (Ctrl+C) unless you trust where the file came from", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - unpickling runs the file's own code, which may raise anything
         raise _corrupt(path, exc) from exc
 
 
@@ -568,6 +572,22 @@ def _describe_misfit(
     return f"weights in {path} do not fit model {config.name!r} ({config.img_size} px): " + "; ".join(parts) + hint
 
 
+def _sized_model(
+    state: dict[str, torch.Tensor], base: SamConfig, img_size: int | None
+) -> tuple[SamConfig, SamModel, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A random model of ``base`` at ``img_size``, its state dict, and ``state`` with resized positional embeddings.
+
+    Without an explicit ``img_size`` the checkpoint's own resolution is kept: no silent resampling.
+    """
+    native = _native_img_size(state, base)
+    config = _with_img_size(base, img_size or native or base.img_size)
+    model = build_model(config)
+    expected = model.state_dict()
+    if native is not None and native != config.img_size:
+        state = _resize_positional(state, expected, native // config.patch_size, config.embedding_size)
+    return config, model, expected, state
+
+
 def _model_from_state(
     state: dict[str, torch.Tensor], config_name: str | None, img_size: int | None, path: Path
 ) -> SamModel:
@@ -579,13 +599,7 @@ def _model_from_state(
             base = MODEL_CONFIGS[f"samunet_{base.name}"]
     else:
         base = _get_config(config_name)
-    native = _native_img_size(state, base)
-    # Without an explicit size, keep the checkpoint's own resolution: no silent resampling.
-    config = _with_img_size(base, img_size or native or base.img_size)
-    model = build_model(config)
-    expected = model.state_dict()
-    if native is not None and native != config.img_size:
-        state = _resize_positional(state, expected, native // config.patch_size, config.embedding_size)
+    config, model, expected, state = _sized_model(state, base, img_size)
     allow = UNET_BRANCH_PREFIXES if config.unet is not None else ()
     missing, unexpected, mismatched = _compare(expected, state, allow)
     if missing or unexpected or mismatched:
@@ -602,12 +616,7 @@ def _model_from_training(
     if _is_samunet_repo_state(state):  # the paper's own layout: its own architecture, strictly
         return _samunet_repo_model(state, path)
     base = _get_config(config_name)
-    native = _native_img_size(state, base)
-    config = _with_img_size(base, img_size or native or base.img_size)
-    model = build_model(config)
-    expected = model.state_dict()
-    if native is not None and native != config.img_size:
-        state = _resize_positional(state, expected, native // config.patch_size, config.embedding_size)
+    config, model, expected, state = _sized_model(state, base, img_size)
     missing, unexpected, mismatched = _compare(expected, state)
     matched = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
     if not matched:
