@@ -247,7 +247,7 @@ class EmbeddingCache:
             emb = torch.from_numpy(arrays["embeddings"].copy())[None]
             hires = arrays.get("hires")
             return ImageFeatures(emb, None if hires is None else torch.from_numpy(hires.copy())[None])
-        except Exception:
+        except Exception:  # noqa: BLE001 - a corrupt/foreign entry raises any type from zarr/numpy: drop it, recompute
             # Corrupt, truncated or foreign: drop it; the caller recomputes and rewrites.
             self._discard(path)
             return None

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..errors import SamspError
 from ..models.card import as_model_card
 from ..project import version_weights
 from .loading import load_into_session
@@ -203,7 +204,7 @@ class ModelPanel(QWidget):
             self.trust.setChecked(bool(trust))
         try:
             target, label = self._resolve()
-        except Exception as exc:
+        except (SamspError, OSError) as exc:  # our one-line errors and file-system failures
             self.session.messages.exception(exc, "loading the model")
             return None
         key = self.source.currentData()

@@ -337,7 +337,7 @@ class TrainPanel(QWidget):
         try:
             infos = versions.list()
             active = versions.active()
-        except Exception as exc:
+        except (SamspError, OSError) as exc:  # our one-line errors and file-system failures
             self.session.messages.exception(exc, "reading model versions")
             return
         if not infos:
@@ -359,7 +359,7 @@ class TrainPanel(QWidget):
             return None
         try:
             info = change(versions)
-        except Exception as exc:
+        except (SamspError, OSError) as exc:  # our one-line errors and file-system failures
             s.messages.exception(exc, what)
             return None
         return self._load_info(info)
