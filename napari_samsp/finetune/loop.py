@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, Union
+from typing import Callable, Literal, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -233,6 +233,56 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _rank_agree(flag: bool, device: torch.device, how: Literal["all", "rank0"]) -> bool:
+    """One decision shared by every DDP rank (``flag`` itself when not distributed).
+
+    ``"all"``: True only when it is True on every rank (all-reduce MIN). ``"rank0"``: rank 0's value
+    (broadcast), for what only rank 0 knows or where the ranks' clocks differ. Every rank must call
+    this at the same point with the same ``how``: a collective called on one rank only deadlocks gloo.
+    """
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    if how == "all":
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    else:
+        dist.broadcast(t, 0)
+    return bool(t.item() > 0)
+
+
+def _copy_weights(model: SamModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class _Run:
+    """One call of :func:`train`: what it set up, and what changes from step to step."""
+
+    model: SamModel
+    cfg: TrainConfig
+    cb: Callbacks
+    device: torch.device
+    runner: torch.nn.Module  # the objective, or its DDP wrapper
+    call_kwargs: dict  # {"examples": ...} for objectives with ``wants_examples``, else {}
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    state: TrainState = field(default_factory=TrainState)
+    best: dict | None = None  # the best weights so far (by validation Dice)
+    draws: Sampler | None = None
+    rng: random.Random | None = None  # augmentation draws
+    cache_features: bool = False  # frozen encoder: reuse embeddings
+    feature_cache: dict = field(default_factory=dict)
+    use_amp: bool = False
+    t0: float = 0.0
+    bad_steps: int = 0  # non-finite losses in a row
+    stopped_early: bool = False
+    validations_without_gain: int = 0
+
+
 def train(
     model: SamModel,
     train_examples: Sequence[Example],
@@ -267,133 +317,174 @@ def train(
     cfg = config or TrainConfig()
     cb = callbacks or Callbacks()
     check_examples(train_examples)
-    device = torch.device(device)
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    run = _setup(model, cfg, cb, torch.device(device), objective, checkpoint_path)
+    _start_drawing(run, train_examples, sampler, feature_cache)
+    if val_examples and _is_main() and cfg.validate_at_start and run.state.step == 0:
+        _validate_start(run, val_examples)
+    while run.state.step < cfg.steps:
+        if _one_step(run, val_examples, checkpoint_path):
+            break
+    return _finish(run)
+
+
+def _setup(model: SamModel, cfg: TrainConfig, cb: Callbacks, device: torch.device, objective: Objective | None,
+           checkpoint_path: Path | str | None) -> _Run:
+    """Seed, move and freeze the model, build the objective (DDP-wrapped when distributed) and the
+    optimizer, and resume from ``checkpoint_path`` when it exists."""
+    rank = _rank()
     torch.manual_seed(cfg.seed + rank)
     model.to(device).train()
     params = configure_trainable(model, cfg.trainable, cfg.lora_rank)
-    objective = _build_objective(objective, model, cfg, cfg.seed + rank).to(device)
-    call_kwargs = {"examples": None} if getattr(objective, "wants_examples", False) else {}
-    runner: torch.nn.Module = objective
+    module = _build_objective(objective, model, cfg, cfg.seed + rank).to(device)
+    call_kwargs = {"examples": None} if getattr(module, "wants_examples", False) else {}
+    runner: torch.nn.Module = module
     if dist.is_initialized():
-        runner = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
+        runner = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = TrainState()
-    best: dict | None = None
+    run = _Run(model, cfg, cb, device, runner, call_kwargs, params, opt)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        best = ckpt.get("best")
-        s = ckpt["state"]
-        state = TrainState(s["step"], s["best_val"], s["best_step"], list(s["history"]))
-        log.info("resumed from %s at step %d", checkpoint_path, state.step)
-    sampler_seed = cfg.seed * 1000 + rank + state.step
+        _resume(run, checkpoint_path)
+    return run
+
+
+def _resume(run: _Run, checkpoint_path: Path | str) -> None:
+    """Load model, optimizer, step, history and best weights from a checkpoint of ``_save_checkpoint``."""
+    ckpt = torch.load(checkpoint_path, map_location=run.device, weights_only=True)
+    run.model.load_state_dict(ckpt["model"])
+    run.opt.load_state_dict(ckpt["optimizer"])
+    run.best = ckpt.get("best")
+    s = ckpt["state"]
+    run.state = TrainState(s["step"], s["best_val"], s["best_step"], list(s["history"]))
+    log.info("resumed from %s at step %d", checkpoint_path, run.state.step)
+
+
+def _start_drawing(run: _Run, train_examples: Sequence[Example], sampler: SamplerFactory | None,
+                   feature_cache: dict | None) -> None:
+    """The sampler and augmentation RNG (seeded per rank and resume step), the embedding cache, the clock."""
+    cfg, rank, step = run.cfg, _rank(), run.state.step
+    sampler_seed = cfg.seed * 1000 + rank + step
     if sampler is None:
-        draws: Sampler = BalancedSampler(train_examples, seed=sampler_seed, domain_weights=cfg.domain_weights)
+        run.draws = BalancedSampler(train_examples, seed=sampler_seed, domain_weights=cfg.domain_weights)
     else:
-        draws = sampler(train_examples, sampler_seed)
-    rng = random.Random(cfg.seed * 7919 + rank + state.step)
-    cache_features = encoder_is_frozen(model)
-    if feature_cache is None:
-        feature_cache = {}
-    use_amp = cfg.amp and device.type == "cuda"
-    t0 = time.time()
-    bad_steps = 0
-    stopped_early = False
-    validations_without_gain = 0
-    if val_examples and _is_main() and cfg.validate_at_start and state.step == 0:
-        metrics = validate(model, val_examples, cfg.objective.num_passes)
-        state.history.append({"step": 0, "time": 0.0, **metrics})
-        if cb.on_val:
-            cb.on_val(0, metrics)
-        state.best_val, state.best_step = metrics["dice"], 0
-        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    while state.step < cfg.steps:
-        if cb.should_cancel is not None and cb.should_cancel():
-            raise TrainingCancelled(f"fine-tuning cancelled at step {state.step}")
-        time_fraction = (time.time() - t0) / cfg.max_seconds if cfg.max_seconds else 0.0
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(state.step, cfg, time_fraction)
-        exs = [draws.draw() for _ in range(cfg.batch_size)]
-        if call_kwargs:
-            call_kwargs["examples"] = exs
-        if cache_features:
-            # Frozen encoder: embeddings depend only on the image (dihedral
-            # augmentation is applied by caching each variant), so reuse them.
-            loss_dict = _cached_step(model, runner, exs, rng, feature_cache, cfg, device, call_kwargs)
-        else:
-            images, labels, valid = collate([prepare_sample(ex, model.img_size, rng, cfg.augment, model_preprocessing(model)) for ex in exs])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss_dict = runner(images.to(device), labels.to(device), valid.to(device), **call_kwargs)
-        loss = loss_dict["total"]
-        opt.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss))
-        if dist.is_initialized():
-            # Every rank must skip together: a rank that skipped backward alone
-            # would leave the others waiting in DDP's gradient all-reduce.
-            flag = torch.tensor([1.0 if finite else 0.0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = bool(flag.item() > 0)
-        if not finite:
-            bad_steps += 1
-            log.warning("non-finite loss at step %d (%d in a row); step skipped", state.step, bad_steps)
-            if bad_steps >= cfg.max_bad_steps:
-                raise TrainingDiverged(f"loss was NaN/inf for {bad_steps} steps in a row at step {state.step}; stopped")
-            state.step += 1
-            continue
-        bad_steps = 0
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        state.step += 1
-        values = {k: float(v.detach()) for k, v in loss_dict.items()}
-        values["lr"] = opt.param_groups[0]["lr"]
-        if cb.on_loss:
-            cb.on_loss(state.step, values)
-        if cb.progress:
-            cb.progress(state.step, cfg.steps)
-        out_of_time = bool(cfg.max_seconds) and time.time() - t0 >= cfg.max_seconds
-        if dist.is_initialized() and cfg.max_seconds:
-            # ranks' clocks differ: stop together on rank 0's decision
-            flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
-            dist.broadcast(flag, 0)
-            out_of_time = bool(flag.item() > 0)
-        last = state.step == cfg.steps or out_of_time
-        if val_examples and _is_main() and (state.step % cfg.val_every == 0 or last):
-            metrics = validate(model, val_examples, cfg.objective.num_passes)
-            state.history.append({"step": state.step, "time": time.time() - t0, **metrics, "loss": values["total"]})
-            if cb.on_val:
-                cb.on_val(state.step, metrics)
-            margin = cfg.min_gain if (cfg.validate_at_start and state.best_step == 0) else 0.0
-            if metrics["dice"] > state.best_val + margin:
-                state.best_val, state.best_step = metrics["dice"], state.step
-                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                validations_without_gain = 0
-            else:
-                validations_without_gain += 1
-                if cfg.patience and validations_without_gain >= cfg.patience:
-                    stopped_early = True
-        if dist.is_initialized() and cfg.patience and (state.step % cfg.val_every == 0 or last):
-            # Only rank 0 validates: share its early-stopping decision, or the
-            # other ranks would go on alone and wait forever in the all-reduce.
-            flag = torch.tensor([1.0 if stopped_early else 0.0], device=device)
-            dist.broadcast(flag, 0)
-            stopped_early = bool(flag.item() > 0)
-        if checkpoint_path is not None and _is_main() and (state.step % cfg.checkpoint_every == 0 or last or stopped_early):
-            _save_checkpoint(Path(checkpoint_path), model, opt, state, best)
-        if stopped_early or out_of_time:
-            break
-    if best is not None:
-        model.load_state_dict(best)
+        run.draws = sampler(train_examples, sampler_seed)
+    run.rng = random.Random(cfg.seed * 7919 + rank + step)
+    run.cache_features = encoder_is_frozen(run.model)
+    run.feature_cache = {} if feature_cache is None else feature_cache
+    run.use_amp = cfg.amp and run.device.type == "cuda"
+    run.t0 = time.time()
+
+
+def _one_step(run: _Run, val_examples: Sequence[Example], checkpoint_path: Path | str | None) -> bool:
+    """One optimisation step, then validation, early stopping and checkpoint when due; True: stop now.
+
+    The collectives (finite-loss all-reduce, out-of-time and early-stop broadcasts) are called
+    on every rank in this order; validation and checkpoints run on rank 0 only.
+    """
+    cfg, state = run.cfg, run.state
+    if run.cb.should_cancel is not None and run.cb.should_cancel():
+        raise TrainingCancelled(f"fine-tuning cancelled at step {state.step}")
+    loss_dict = _forward(run)
+    loss = loss_dict["total"]
+    run.opt.zero_grad(set_to_none=True)
+    # Every rank must skip together: a rank that skipped backward alone
+    # would leave the others waiting in DDP's gradient all-reduce.
+    if not _rank_agree(bool(torch.isfinite(loss)), run.device, "all"):
+        _skip_bad_step(run)
+        return False
+    run.bad_steps = 0
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+    run.opt.step()
+    state.step += 1
+    values = {k: float(v.detach()) for k, v in loss_dict.items()}
+    values["lr"] = run.opt.param_groups[0]["lr"]
+    if run.cb.on_loss:
+        run.cb.on_loss(state.step, values)
+    if run.cb.progress:
+        run.cb.progress(state.step, cfg.steps)
+    out_of_time = bool(cfg.max_seconds) and time.time() - run.t0 >= cfg.max_seconds
+    if cfg.max_seconds:
+        out_of_time = _rank_agree(out_of_time, run.device, "rank0")  # ranks' clocks differ: rank 0 decides
+    last = state.step == cfg.steps or out_of_time
+    if val_examples and _is_main() and (state.step % cfg.val_every == 0 or last):
+        _validate_step(run, val_examples, values["total"])
+    if dist.is_initialized() and cfg.patience and (state.step % cfg.val_every == 0 or last):
+        # Only rank 0 validates: share its early-stopping decision, or the
+        # other ranks would go on alone and wait forever in the all-reduce.
+        run.stopped_early = _rank_agree(run.stopped_early, run.device, "rank0")
+    if checkpoint_path is not None and _is_main() and (state.step % cfg.checkpoint_every == 0 or last or run.stopped_early):
+        _save_checkpoint(Path(checkpoint_path), run.model, run.opt, state, run.best)
+    return run.stopped_early or out_of_time
+
+
+def _forward(run: _Run) -> dict[str, torch.Tensor]:
+    """Set this step's learning rate, draw a batch and run the objective on it: its dict of scalar losses."""
+    cfg, model = run.cfg, run.model
+    time_fraction = (time.time() - run.t0) / cfg.max_seconds if cfg.max_seconds else 0.0
+    for group in run.opt.param_groups:
+        group["lr"] = _lr_at(run.state.step, cfg, time_fraction)
+    exs = [run.draws.draw() for _ in range(cfg.batch_size)]
+    if run.call_kwargs:
+        run.call_kwargs["examples"] = exs
+    if run.cache_features:
+        # Frozen encoder: embeddings depend only on the image (dihedral
+        # augmentation is applied by caching each variant), so reuse them.
+        return _cached_step(model, run.runner, exs, run.rng, run.feature_cache, cfg, run.device, run.call_kwargs)
+    images, labels, valid = collate([prepare_sample(ex, model.img_size, run.rng, cfg.augment, model_preprocessing(model)) for ex in exs])
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.use_amp):
+        return run.runner(images.to(run.device), labels.to(run.device), valid.to(run.device), **run.call_kwargs)
+
+
+def _skip_bad_step(run: _Run) -> None:
+    """Count a step whose loss was non-finite on some rank (no backward); raise after ``max_bad_steps``."""
+    run.bad_steps += 1
+    log.warning("non-finite loss at step %d (%d in a row); step skipped", run.state.step, run.bad_steps)
+    if run.bad_steps >= run.cfg.max_bad_steps:
+        raise TrainingDiverged(f"loss was NaN/inf for {run.bad_steps} steps in a row at step {run.state.step}; stopped")
+    run.state.step += 1
+
+
+def _validate_start(run: _Run, val_examples: Sequence[Example]) -> None:
+    """Validate the starting weights (step 0): they are the best until a step beats them."""
+    metrics = validate(run.model, val_examples, run.cfg.objective.num_passes)
+    run.state.history.append({"step": 0, "time": 0.0, **metrics})
+    if run.cb.on_val:
+        run.cb.on_val(0, metrics)
+    run.state.best_val, run.state.best_step = metrics["dice"], 0
+    run.best = _copy_weights(run.model)
+
+
+def _validate_step(run: _Run, val_examples: Sequence[Example], loss: float) -> None:
+    """Validate after a step: keep the weights when Dice improves, count toward ``patience`` when not."""
+    cfg, state = run.cfg, run.state
+    metrics = validate(run.model, val_examples, cfg.objective.num_passes)
+    state.history.append({"step": state.step, "time": time.time() - run.t0, **metrics, "loss": loss})
+    if run.cb.on_val:
+        run.cb.on_val(state.step, metrics)
+    margin = cfg.min_gain if (cfg.validate_at_start and state.best_step == 0) else 0.0
+    if metrics["dice"] > state.best_val + margin:
+        state.best_val, state.best_step = metrics["dice"], state.step
+        run.best = _copy_weights(run.model)
+        run.validations_without_gain = 0
+    else:
+        run.validations_without_gain += 1
+        if cfg.patience and run.validations_without_gain >= cfg.patience:
+            run.stopped_early = True
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Load the best weights (rank 0's, on every rank), put the model in eval mode, and report."""
+    model = run.model
+    if run.best is not None:
+        model.load_state_dict(run.best)
     if dist.is_initialized():
         # Only rank 0 validates and so knows the best weights: every rank returns those.
         with torch.no_grad():
             for t in model.state_dict().values():
                 dist.broadcast(t, 0)
     model.eval()
-    return TrainResult(model, state, time.time() - t0, stopped_early)
+    return TrainResult(model, run.state, time.time() - run.t0, run.stopped_early)
 
 
 def _build_objective(objective: Objective | None, model: SamModel, cfg: TrainConfig, seed: int) -> torch.nn.Module:
