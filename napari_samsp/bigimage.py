@@ -179,47 +179,25 @@ def segment_to_tiff(
             default :func:`napari_samsp.autoseg.segment` (tests pass a known answer to check the stitching).
         **kwargs: passed to :func:`napari_samsp.autoseg.segment` (num_passes, threshold, min_size, ...).
     """
-    import tifffile
-
-    from .autoseg import _remove_small, default_tiling, segment
+    from .autoseg import segment
 
     segment_fn = segment_fn or segment
     if mode not in ("semantic", "instance"):
         raise ValueError(f"mode must be 'semantic' or 'instance', got {mode!r}")
     h, w = int(source.shape[0]), int(source.shape[1])
-    _, default_tile, _ = default_tiling(predictor.model.img_size if tile_size is None else 1)
-    tile = min(int(tile_size or default_tile), max(h, w))
-    ov = int(tile // 4 if overlap is None else overlap)
-    tiles = plan_tiles((h, w), tile, ov)
+    tile, ov, tiles = _tile_grid(predictor, (h, w), tile_size, overlap)
     ys = sorted({t[0] for t in tiles})
     xs = sorted({t[2] for t in tiles})
-    threshold = float(kwargs.get("threshold", 0.5))
-    min_size = int(kwargs.get("min_size", 8))
+    fg_rule = (float(kwargs.get("threshold", 0.5)), int(kwargs.get("min_size", 8)))
     stretch = _stretch(source)
     out_dtype = np.dtype(np.uint16 if mode == "semantic" else np.uint32)
     band_h = min(tile, h)
     count = [0]
 
     def write(tmp: Path) -> None:
-        mm = tifffile.memmap(tmp, shape=(h, w), dtype=out_dtype, photometric="minisblack")
-        offset = int(mm.offset)
-        del mm
-
-        def put(y0: int, rows: np.ndarray) -> None:  # map just these rows, write, unmap
-            if rows.shape[0] == 0:
-                return
-            view = np.memmap(tmp, dtype=out_dtype, mode="r+", offset=offset + y0 * w * out_dtype.itemsize,
-                             shape=rows.shape)
-            view[:] = rows
-            view.flush()
-            del view
-
+        put = _row_writer(tmp, (h, w), out_dtype)
+        bufs = _band_buffers(mode, (band_h, w))
         b0 = 0  # first image row held in the band buffers
-        if mode == "semantic":
-            num = np.zeros((band_h, w), np.float32)
-            den = np.zeros((band_h, w), np.float32)
-        else:
-            lab = np.zeros((band_h, w), np.uint32)
         done = 0
         for r, y0 in enumerate(ys):
             y1 = min(h, y0 + tile)
@@ -230,32 +208,83 @@ def segment_to_tiff(
                 res = segment_fn(predictor, _to_rgb(band[:, x0:x1], stretch), mode=mode, **kwargs)
                 if mode == "semantic":
                     wts = blend_weights((y1 - y0, x1 - x0), ov)
-                    num[y0 - b0 : y1 - b0, x0:x1] += wts * res.probability
-                    den[y0 - b0 : y1 - b0, x0:x1] += wts
+                    bufs[0][y0 - b0 : y1 - b0, x0:x1] += wts * res.probability
+                    bufs[1][y0 - b0 : y1 - b0, x0:x1] += wts
                 else:
                     ox0, ox1 = _owned(xs, tile, w, c)
-                    _paint(lab, b0, y0, x0, res.labels, (oy0, oy1, ox0, ox1), count)
+                    _paint(bufs[0], b0, y0, x0, res.labels, (oy0, oy1, ox0, ox1), count)
                 done += 1
                 if progress is not None:
                     progress(done, len(tiles))
             final_to = h if r == len(ys) - 1 else ys[r + 1]  # no later tile reaches rows above this
-            n = final_to - b0
-            if mode == "semantic":
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    fg = _remove_small(num[:n] / den[:n] > threshold, min_size)
-                put(b0, fg.astype(out_dtype))
-                count[0] = max(count[0], int(fg.any()))
-                bufs = (num, den)
-            else:
-                put(b0, lab[:n])
-                bufs = (lab,)
-            for buf in bufs:  # keep the overlap with the next row of tiles, clear the rest
-                buf[: band_h - n] = buf[n:].copy()
-                buf[band_h - n :] = 0
+            _flush_band(bufs, mode, put, b0, final_to - b0, out_dtype, count, fg_rule)
             b0 = final_to
 
     write_atomic(Path(out_path), write)
     return count[0]
+
+
+def _tile_grid(predictor: Any, shape: tuple[int, int], tile_size: int | None,
+               overlap: int | None) -> tuple[int, int, list[tuple[int, int, int, int]]]:
+    """(tile, overlap, tiles) for an (H, W) image, defaults as :func:`segment_to_tiff` documents."""
+    from .autoseg import default_tiling
+
+    h, w = shape
+    _, default_tile, _ = default_tiling(predictor.model.img_size if tile_size is None else 1)
+    tile = min(int(tile_size or default_tile), max(h, w))
+    ov = int(tile // 4 if overlap is None else overlap)
+    return tile, ov, plan_tiles((h, w), tile, ov)
+
+
+def _row_writer(tmp: Path, shape: tuple[int, int], out_dtype: np.dtype) -> Callable[[int, np.ndarray], None]:
+    """Create an (H, W) ``out_dtype`` TIFF at ``tmp``; return ``put(y0, rows)`` writing (n, W) rows from row y0."""
+    import tifffile
+
+    h, w = shape
+    mm = tifffile.memmap(tmp, shape=(h, w), dtype=out_dtype, photometric="minisblack")
+    offset = int(mm.offset)
+    del mm
+
+    def put(y0: int, rows: np.ndarray) -> None:  # map just these rows, write, unmap
+        if rows.shape[0] == 0:
+            return
+        view = np.memmap(tmp, dtype=out_dtype, mode="r+", offset=offset + y0 * w * out_dtype.itemsize,
+                         shape=rows.shape)
+        view[:] = rows
+        view.flush()
+        del view
+
+    return put
+
+
+def _band_buffers(mode: str, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """The band buffers, (band_h, W) each: (weighted probability sum, weight sum) float32 for semantic,
+    (instance labels,) uint32 for instance."""
+    if mode == "semantic":
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    return (np.zeros(shape, np.uint32),)
+
+
+def _flush_band(bufs: tuple[np.ndarray, ...], mode: str, put: Callable[[int, np.ndarray], None], b0: int, n: int,
+                out_dtype: np.dtype, count: list[int], fg_rule: tuple[float, int]) -> None:
+    """Write the first ``n`` final rows of the (band_h, W) band buffers at image row ``b0``, then shift the
+    rest (the overlap with the next row of tiles) to the top and clear the others; ``fg_rule`` is
+    (threshold, min_size) of the semantic foreground."""
+    from .autoseg import _remove_small
+
+    if mode == "semantic":
+        num, den = bufs
+        threshold, min_size = fg_rule
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fg = _remove_small(num[:n] / den[:n] > threshold, min_size)
+        put(b0, fg.astype(out_dtype))
+        count[0] = max(count[0], int(fg.any()))
+    else:
+        put(b0, bufs[0][:n])
+    band_h = bufs[0].shape[0]
+    for buf in bufs:  # keep the overlap with the next row of tiles, clear the rest
+        buf[: band_h - n] = buf[n:].copy()
+        buf[band_h - n :] = 0
 
 
 def _paint(lab: np.ndarray, b0: int, y0: int, x0: int, labels: np.ndarray, owned: tuple[int, int, int, int],

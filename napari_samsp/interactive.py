@@ -462,31 +462,62 @@ def propagate_object(
     limit = num_planes if max_slices is None else int(max_slices)
     todo = [d for d in (1, -1) if 0 <= z0 + d < num_planes]
     total = sum(min(limit, (num_planes - 1 - z0) if d > 0 else z0) for d in todo)
-    done = 0
+    carry = _Carry(predictor, planes, num_planes, limit, min_area, max_growth, min_overlap, min_inside,
+                   use_point, tile, overlap, progress, cancel, total)
     out: dict[int, np.ndarray] = {}
-    h, w = mask0.shape
     for d in todo:
+        carry.one_way(mask0, z0, d, out)
+    if progress is not None and carry.done < total:
+        progress(total, total)
+    return out
+
+
+@dataclass
+class _Carry:
+    """The settings and progress count of one :func:`propagate_object` call (arguments as there)."""
+
+    predictor: object
+    planes: Callable[[int], np.ndarray]
+    num_planes: int
+    limit: int
+    min_area: int
+    max_growth: float
+    min_overlap: float
+    min_inside: float
+    use_point: bool
+    tile: int | None
+    overlap: int | None
+    progress: Callable[[int, int], None] | None
+    cancel: Callable[[], bool] | None
+    total: int
+    done: int = 0
+
+    def keeps(self, best: np.ndarray | None, best_iou: float, prev: np.ndarray, area: int) -> bool:
+        """Whether the (h, w) candidate ``best`` continues the object whose (h, w) mask was ``prev`` (``area`` px)."""
+        n = 0 if best is None else int(best.sum())
+        inside = int(np.count_nonzero(best & prev)) / n if n else 0.0
+        return not (n < self.min_area or best_iou < self.min_overlap or inside < self.min_inside
+                    or n > self.max_growth * area or n * self.max_growth < area)
+
+    def one_way(self, mask0: np.ndarray, z0: int, d: int, out: dict[int, np.ndarray]) -> None:
+        """Carry the (H, W) bool ``mask0`` of slice ``z0`` in direction ``d`` (+1 / -1) into ``out``."""
+        h, w = mask0.shape
         mask = mask0
         z, steps = z0 + d, 0
-        while 0 <= z < num_planes and steps < limit:
-            if cancel is not None and cancel():
+        while 0 <= z < self.num_planes and steps < self.limit:
+            if self.cancel is not None and self.cancel():
                 raise PropagationCancelled("propagation cancelled")
             area = int(mask.sum())
-            best, best_iou, win = _carry_to_slice(predictor, np.asarray(planes(z)), mask, tile, overlap, use_point)
+            best, best_iou, win = _carry_to_slice(self.predictor, np.asarray(self.planes(z)), mask, self.tile,
+                                                  self.overlap, self.use_point)
             steps += 1
-            done += 1
-            if progress is not None:
-                progress(done, total)
-            prev = mask[win.slices]
-            n = 0 if best is None else int(best.sum())
-            inside = int(np.count_nonzero(best & prev)) / n if n else 0.0
-            if n < min_area or best_iou < min_overlap or inside < min_inside or n > max_growth * area or n * max_growth < area:
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+            if not self.keeps(best, best_iou, mask[win.slices], area):
                 break
             new = np.zeros((h, w), bool)
             new[win.slices] = best
             out[z] = new
             mask = new
             z += d
-    if progress is not None and done < total:
-        progress(total, total)
-    return out

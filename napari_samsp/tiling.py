@@ -186,60 +186,79 @@ def merge_instance_tiles(
     if len(tiles) != len(tile_labels):
         raise ValueError("one label image per tile is needed")
     h, w = int(shape[0]), int(shape[1])
-    scores_in = tile_scores or [{} for _ in tiles]
+    pieces = _all_pieces((h, w), tiles, tile_labels, tile_scores or [{} for _ in tiles])
+    index = {(p.tile, p.local_id): i for i, p in enumerate(pieces)}
+    uf = _UnionFind(len(pieces))
+    for a in range(len(tiles)):
+        for b in range(a + 1, len(tiles)):
+            for ia, ib in _matched_ids(tiles[a], tiles[b], tile_labels[a], tile_labels[b], iou_threshold):
+                uf.union(index[(a, ia)], index[(b, ib)])
+    groups: dict[int, list[int]] = {}
+    for i in range(len(pieces)):
+        groups.setdefault(uf.find(i), []).append(i)
+    candidates = [_group_candidate([pieces[i] for i in members]) for members in groups.values()]
+    candidates.sort(key=lambda c: c[0], reverse=True)
+    return _paint_candidates((h, w), candidates, min_kept_fraction)
+
+
+def _all_pieces(shape: tuple[int, int], tiles: list[Tile], tile_labels: list[np.ndarray],
+                tile_scores: list[dict[int, float]]) -> list[_Piece]:
+    """The objects of every tile in tile order; each tile's (h, w) labels must match the tile's size."""
     pieces: list[_Piece] = []
-    first: list[int] = []
     for t, (tile, lab) in enumerate(zip(tiles, tile_labels)):
         y0, y1, x0, x1 = tile
         if lab.shape != (y1 - y0, x1 - x0):
             raise ValueError(f"tile {t} labels are {lab.shape}, the tile is {(y1 - y0, x1 - x0)}")
-        first.append(len(pieces))
-        pieces.extend(_pieces(t, tile, np.asarray(lab), scores_in[t], (h, w)))
-    index = {(p.tile, p.local_id): i for i, p in enumerate(pieces)}
+        pieces.extend(_pieces(t, tile, np.asarray(lab), tile_scores[t], shape))
+    return pieces
 
-    uf = _UnionFind(len(pieces))
-    for a in range(len(tiles)):
-        for b in range(a + 1, len(tiles)):
-            ay0, ay1, ax0, ax1 = tiles[a]
-            by0, by1, bx0, bx1 = tiles[b]
-            oy0, oy1, ox0, ox1 = max(ay0, by0), min(ay1, by1), max(ax0, bx0), min(ax1, bx1)
-            if oy0 >= oy1 or ox0 >= ox1:
-                continue
-            la = np.asarray(tile_labels[a])[oy0 - ay0 : oy1 - ay0, ox0 - ax0 : ox1 - ax0].astype(np.int64).ravel()
-            lb = np.asarray(tile_labels[b])[oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0].astype(np.int64).ravel()
-            both = (la > 0) & (lb > 0)
-            if not both.any():
-                continue
-            area_a = dict(zip(*np.unique(la[la > 0], return_counts=True)))
-            area_b = dict(zip(*np.unique(lb[lb > 0], return_counts=True)))
-            pairs, inter = np.unique(np.stack([la[both], lb[both]]), axis=1, return_counts=True)
-            for (ia, ib), n in zip(pairs.T, inter):
-                union = area_a[ia] + area_b[ib] - n
-                if n / union > iou_threshold:
-                    uf.union(index[(a, int(ia))], index[(b, int(ib))])
 
-    groups: dict[int, list[int]] = {}
-    for i in range(len(pieces)):
-        groups.setdefault(uf.find(i), []).append(i)
+def _matched_ids(ta: Tile, tb: Tile, lab_a: np.ndarray, lab_b: np.ndarray,
+                 iou_threshold: float) -> list[tuple[int, int]]:
+    """Pairs (id in tile a, id in tile b) whose IoU inside the two tiles' overlap exceeds ``iou_threshold``.
 
-    candidates: list[tuple[tuple, int, int, np.ndarray, float]] = []
-    for members in groups.values():
-        ps = [pieces[i] for i in members]
-        complete = [p for p in ps if not p.truncated]
-        if complete:
-            best = max(complete, key=lambda p: (p.centrality, p.area))
-            y0, x0, mask = best.y0, best.x0, best.mask
-            score = best.score
-            priority = (1, best.centrality, best.area)
-        else:
-            y0, x0, mask = _union_masks(ps)
-            finite = [p.score for p in ps if np.isfinite(p.score)]
-            score = float(np.mean(finite)) if finite else float("nan")
-            priority = (0, max(p.centrality for p in ps), int(mask.sum()))
-        candidates.append((priority, y0, x0, mask, score))
-    candidates.sort(key=lambda c: c[0], reverse=True)
+    ``lab_a``/``lab_b`` are the tiles' (h, w) labels; no pairs when the tiles do not overlap.
+    """
+    ay0, ay1, ax0, ax1 = ta
+    by0, by1, bx0, bx1 = tb
+    oy0, oy1, ox0, ox1 = max(ay0, by0), min(ay1, by1), max(ax0, bx0), min(ax1, bx1)
+    if oy0 >= oy1 or ox0 >= ox1:
+        return []
+    la = np.asarray(lab_a)[oy0 - ay0 : oy1 - ay0, ox0 - ax0 : ox1 - ax0].astype(np.int64).ravel()
+    lb = np.asarray(lab_b)[oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0].astype(np.int64).ravel()
+    both = (la > 0) & (lb > 0)
+    if not both.any():
+        return []
+    area_a = dict(zip(*np.unique(la[la > 0], return_counts=True)))
+    area_b = dict(zip(*np.unique(lb[lb > 0], return_counts=True)))
+    pairs, inter = np.unique(np.stack([la[both], lb[both]]), axis=1, return_counts=True)
+    out = []
+    for (ia, ib), n in zip(pairs.T, inter):
+        union = area_a[ia] + area_b[ib] - n
+        if n / union > iou_threshold:
+            out.append((int(ia), int(ib)))
+    return out
 
-    out = np.zeros((h, w), np.int32)
+
+def _group_candidate(ps: list[_Piece]) -> tuple[tuple, int, int, np.ndarray, float]:
+    """How one matched group is drawn: (priority, y0, x0, (h, w) bool mask, score).
+
+    Its most central complete copy, else the union of its truncated copies (lower priority, mean score).
+    """
+    complete = [p for p in ps if not p.truncated]
+    if complete:
+        best = max(complete, key=lambda p: (p.centrality, p.area))
+        return (1, best.centrality, best.area), best.y0, best.x0, best.mask, best.score
+    y0, x0, mask = _union_masks(ps)
+    finite = [p.score for p in ps if np.isfinite(p.score)]
+    score = float(np.mean(finite)) if finite else float("nan")
+    return (0, max(p.centrality for p in ps), int(mask.sum())), y0, x0, mask, score
+
+
+def _paint_candidates(shape: tuple[int, int], candidates: list[tuple[tuple, int, int, np.ndarray, float]],
+                      min_kept_fraction: float) -> tuple[np.ndarray, dict[int, float]]:
+    """Paint the candidates in order onto free pixels of an (H, W) int32 image; drop those left too small."""
+    out = np.zeros(shape, np.int32)
     scores: dict[int, float] = {}
     next_id = 1
     for _, y0, x0, mask, score in candidates:
