@@ -30,6 +30,7 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -670,19 +671,38 @@ class Predictor:
         embedding: Embedding | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Like :meth:`predict_batch`, but the first output is (N, H, W) float32 logits on the original grid."""
-        emb = self.embedding_of(embedding)
-        n, pts, lab, bx, mk = self._batch_prompts(emb, boxes, point_coords, point_labels, mask_input)
+
+        def full_logits(emb: Embedding, lg: torch.Tensor) -> np.ndarray:
+            with torch.inference_mode():
+                return emb.transform.logits_to_original(lg)[:, 0].cpu().numpy()
+
+        prompts = (boxes, point_coords, point_labels, mask_input)
+        return self._run_batch(self.embedding_of(embedding), prompts, chunk, np.float32, full_logits)
+
+    def _run_batch(
+        self,
+        emb: Embedding,
+        prompts: tuple[np.ndarray | None, ...],
+        chunk: int,
+        first_dtype: type,
+        first_of: Callable[[Embedding, torch.Tensor], np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decode the (boxes, point_coords, point_labels, mask_input) batch chunk by chunk.
+
+        Returns (N, H, W) ``first_dtype`` (``first_of(emb, logits)`` of each chunk's (n, 1, L, L) low-res
+        logits), the low-res logits (N, 1, L, L) float32 and the scores (N,) float32.
+        """
+        n, pts, lab, bx, mk = self._batch_prompts(emb, *prompts)
         h, w = emb.original_size
         side = self.low_res_size
-        full = np.zeros((n, h, w), dtype=np.float32)
+        first = np.zeros((n, h, w), dtype=first_dtype)
         low = np.zeros((n, 1, side, side), dtype=np.float32)
         scores = np.zeros((n,), dtype=np.float32)
         for sl, lg, iou in self._decode_chunks(emb, n, pts, lab, bx, mk, chunk):
-            with torch.inference_mode():
-                full[sl] = emb.transform.logits_to_original(lg)[:, 0].cpu().numpy()
+            first[sl] = first_of(emb, lg)
             low[sl] = lg.cpu().numpy()
             scores[sl] = iou[:, 0].cpu().numpy()
-        return full, low, scores
+        return first, low, scores
 
     def predict_batch(
         self,
@@ -707,15 +727,6 @@ class Predictor:
         Returns:
             masks (N, H, W) bool, logits (N, 1, L, L) float32, scores (N,) float32.
         """
-        emb = self.embedding_of(embedding)
-        n, pts, lab, bx, mk = self._batch_prompts(emb, boxes, point_coords, point_labels, mask_input)
-        h, w = emb.original_size
-        side = self.low_res_size
-        masks = np.zeros((n, h, w), dtype=bool)
-        low = np.zeros((n, 1, side, side), dtype=np.float32)
-        scores = np.zeros((n,), dtype=np.float32)
-        for sl, lg, iou in self._decode_chunks(emb, n, pts, lab, bx, mk, chunk):
-            masks[sl] = self._to_masks(lg, embedding=emb)[:, 0]
-            low[sl] = lg.cpu().numpy()
-            scores[sl] = iou[:, 0].cpu().numpy()
-        return masks, low, scores
+        prompts = (boxes, point_coords, point_labels, mask_input)
+        return self._run_batch(self.embedding_of(embedding), prompts, chunk, bool,
+                               lambda emb, lg: self._to_masks(lg, embedding=emb)[:, 0])

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from ..errors import DataLayoutError
 from ..finetune.data import AugmentConfig, Example
@@ -38,6 +37,7 @@ from ..finetune.loop import (
     TrainConfig,
     TrainingCancelled,
     TrainingDiverged,
+    _copy_weights,
     configure_trainable,
     train,
     validate,
@@ -152,10 +152,6 @@ def _load_unlabeled(items: Sequence, max_side: int) -> list[np.ndarray]:
     return out
 
 
-def _snapshot(model: SamModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @dataclass
 class _Run:
     """What every round of one :func:`self_improve` call shares."""
@@ -217,7 +213,7 @@ def self_improve(
     base_val = best_val = _validate(model, run.val, run.num_passes)
     reports: list[RoundReport] = []
     calibrated = False
-    best_state = _snapshot(model)
+    best_state = _copy_weights(model)
     for r in range(1, int(rounds) + 1):
         t0 = time.time()
         pseudo, calibrated = _pseudo_set(model, run, r)
@@ -225,7 +221,7 @@ def self_improve(
         val = _validate(model, run.val, run.num_passes)
         report = _gate(r, best_val, val, pseudo, losses, diverged, cfg.min_delta, time.time() - t0)
         if report.accepted:
-            best_val, best_state = val, _snapshot(model)
+            best_val, best_state = val, _copy_weights(model)
         else:
             model.load_state_dict(best_state)
         log.info(report.message)
