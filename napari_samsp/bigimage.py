@@ -185,9 +185,7 @@ def segment_to_tiff(
     if mode not in ("semantic", "instance"):
         raise ValueError(f"mode must be 'semantic' or 'instance', got {mode!r}")
     h, w = int(source.shape[0]), int(source.shape[1])
-    tile, ov, tiles = _tile_grid(predictor, (h, w), tile_size, overlap)
-    ys = sorted({t[0] for t in tiles})
-    xs = sorted({t[2] for t in tiles})
+    tile, ov, n_tiles, ys, xs = _tile_grid(predictor, (h, w), tile_size, overlap)
     fg_rule = (float(kwargs.get("threshold", 0.5)), int(kwargs.get("min_size", 8)))
     stretch = _stretch(source)
     out_dtype = np.dtype(np.uint16 if mode == "semantic" else np.uint32)
@@ -207,15 +205,13 @@ def segment_to_tiff(
                 x1 = min(w, x0 + tile)
                 res = segment_fn(predictor, _to_rgb(band[:, x0:x1], stretch), mode=mode, **kwargs)
                 if mode == "semantic":
-                    wts = blend_weights((y1 - y0, x1 - x0), ov)
-                    bufs[0][y0 - b0 : y1 - b0, x0:x1] += wts * res.probability
-                    bufs[1][y0 - b0 : y1 - b0, x0:x1] += wts
+                    _blend_into(bufs, (slice(y0 - b0, y1 - b0), slice(x0, x1)), res.probability, ov)
                 else:
                     ox0, ox1 = _owned(xs, tile, w, c)
                     _paint(bufs[0], b0, y0, x0, res.labels, (oy0, oy1, ox0, ox1), count)
                 done += 1
                 if progress is not None:
-                    progress(done, len(tiles))
+                    progress(done, n_tiles)
             final_to = h if r == len(ys) - 1 else ys[r + 1]  # no later tile reaches rows above this
             _flush_band(bufs, mode, put, b0, final_to - b0, out_dtype, count, fg_rule)
             b0 = final_to
@@ -225,15 +221,25 @@ def segment_to_tiff(
 
 
 def _tile_grid(predictor: Any, shape: tuple[int, int], tile_size: int | None,
-               overlap: int | None) -> tuple[int, int, list[tuple[int, int, int, int]]]:
-    """(tile, overlap, tiles) for an (H, W) image, defaults as :func:`segment_to_tiff` documents."""
+               overlap: int | None) -> tuple[int, int, int, list[int], list[int]]:
+    """(tile, overlap, number of tiles, tile row starts, tile column starts) for an (H, W) image,
+    defaults as :func:`segment_to_tiff` documents."""
     from .autoseg import default_tiling
 
     h, w = shape
     _, default_tile, _ = default_tiling(predictor.model.img_size if tile_size is None else 1)
     tile = min(int(tile_size or default_tile), max(h, w))
     ov = int(tile // 4 if overlap is None else overlap)
-    return tile, ov, plan_tiles((h, w), tile, ov)
+    tiles = plan_tiles((h, w), tile, ov)
+    return tile, ov, len(tiles), sorted({t[0] for t in tiles}), sorted({t[2] for t in tiles})
+
+
+def _blend_into(bufs: tuple[np.ndarray, ...], where: tuple[slice, slice], probability: np.ndarray, ov: int) -> None:
+    """Add one tile's (h, w) probability, weighted by :func:`blend_weights` of the tile's size, to the
+    (weighted sum, weight sum) band buffers at ``where`` (the tile's rows and columns in the band)."""
+    wts = blend_weights((where[0].stop - where[0].start, where[1].stop - where[1].start), ov)
+    bufs[0][where] += wts * probability
+    bufs[1][where] += wts
 
 
 def _row_writer(tmp: Path, shape: tuple[int, int], out_dtype: np.dtype) -> Callable[[int, np.ndarray], None]:
