@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,11 +136,27 @@ def _config(tmp_path: Path, data: Path, **overrides) -> Path:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     return env
 
 
-def _torchrun(script: Path, *args) -> str:
+# gloo on a loaded 2-core machine: about one run in 20-40 aborts a rank with this C++ message while
+# threads are torn down (the checks below still run on the retry; a hang or a failed assertion never
+# retries). Seen only under load, in all three DDP cases; PYTHONFAULTHANDLER=1 is set to catch a trace.
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _torchrun(script: Path, *args, fresh_dir: Path | None = None) -> str:
+    log = _torchrun_once(script, *args)
+    if log is None:  # the known gloo abort: once more, from scratch (a run folder would resume)
+        if fresh_dir is not None:
+            shutil.rmtree(fresh_dir, ignore_errors=True)
+        log = _torchrun_once(script, *args)
+        assert log is not None, "DDP run aborted twice in gloo's teardown"
+    return log
+
+
+def _torchrun_once(script: Path, *args) -> str | None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
            str(script), *map(str, args)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -153,6 +170,9 @@ def _torchrun(script: Path, *args) -> str:
                 os.kill(pid, signal.SIGKILL)
         log, _ = proc.communicate()
         pytest.fail("DDP run hung (killed after 180 s):\n" + log[-3000:])
+    if proc.returncode != 0 and GLOO_TEARDOWN_ABORT in log and "Traceback" not in log.split(GLOO_TEARDOWN_ABORT)[0]:
+        print("DDP run: gloo aborted a rank (retrying once):\n" + log[-2000:])
+        return None
     assert proc.returncode == 0, log[-4000:]
     return log
 
@@ -174,7 +194,7 @@ def _children(pid: int) -> list[int]:
 def test_ddp_recipe_ranks_hold_the_same_weights(tmp_path):
     data = write_disc_layout(tmp_path / "discs", n=6)
     out = tmp_path / "run"
-    log = _torchrun(TRAIN_PY, "--config", _config(tmp_path, data), "--out", out, "--threads", "1")
+    log = _torchrun(TRAIN_PY, "--config", _config(tmp_path, data), "--out", out, "--threads", "1", fresh_dir=out)
     assert "step 4/4" in log
     checksums = json.loads((out / "rank_checksums.json").read_text())
     assert len(checksums) == 2 and checksums[0] == checksums[1], checksums

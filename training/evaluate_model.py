@@ -163,11 +163,14 @@ def box_on(seg: Segmenter, pairs, instance_set: bool, images: int = 10, per_imag
     """Box-prompt IoU and the share of predicted pixels outside the box (``metrics.box_prompt_scores``).
 
     The box is the object's tight box (``interactive.mask_box``, no margin), as a user drags it;
-    one decode per box with no other prompt, like the plugin's first box.
+    one decode per box with no other prompt, like the plugin's first box. ``box_*`` score the model's
+    raw mask; ``confined_box_*`` the mask the plugin shows (``local_prompts.confine_mask``: cut to the
+    box grown by 10 %, specks away from the object dropped).
     """
-    from napari_samsp.interactive import mask_box
+    from napari_samsp.interactive import PromptSet, mask_box
+    from napari_samsp.local_prompts import confine_mask
 
-    results = []
+    raw, confined = [], []
     for pair in evenly_spaced(pairs, images):
         objs = box_objects(read_mask(pair.mask_path), instance_set, per_image)
         if not objs:
@@ -175,8 +178,12 @@ def box_on(seg: Segmenter, pairs, instance_set: bool, images: int = 10, per_imag
         predict = seg.box_predictor(read_image(pair.image_path))
         for obj in objs:
             box = mask_box(obj)
-            results.append(metrics.box_prompt_scores(predict(box), obj, box))
-    return metrics.box_summary(results)
+            mask = predict(box)
+            raw.append(metrics.box_prompt_scores(mask, obj, box))
+            confined.append(metrics.box_prompt_scores(confine_mask(mask, PromptSet(box=box)), obj, box))
+    out = metrics.box_summary(raw)
+    out.update({f"confined_{k}": v for k, v in metrics.box_summary(confined).items() if k != "n"})
+    return out
 
 
 def evaluate_dataset(
