@@ -3,7 +3,7 @@
     xvfb-run -a -s "-screen 0 1400x900x24" python scripts/make_screenshot.py [--model NAME_OR_PATH]
 
 Opens the synthetic nuclei sample, loads the model (default: the embedded default), auto-segments
-in instance mode, adds a positive and a negative prompt and saves the whole window
+in instance mode, clicks once on a nucleus it missed and saves the whole window
 to docs/screenshots/plugin.png.
 """
 

@@ -32,7 +32,7 @@ def test_screenshot_of_a_real_window(qtbot, tmp_path):
         assert widget.session.workspace is not None
         labels = viewer.layers["synthetic nuclei labels"]
         assert labels.data.shape == (256, 256)
-        assert len(widget.session.workspace.points.data) == 2
+        assert len(widget.session.workspace.points.data) == 1
         qtbot.wait(300)
         wait_idle(widget)
         viewer.screenshot(str(path), canvas_only=False)
