@@ -372,7 +372,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return int(np.count_nonzero(a & b)) / union if union else 0.0
 
 
-def _carry_to_slice(predictor, plane: np.ndarray, mask: np.ndarray, tile: int | None, overlap: int | None, use_point: bool):
+def _carry_to_slice(predictor, plane: np.ndarray, mask: np.ndarray, tile: int | None, overlap: int | None, use_point: bool,
+                    multimask: bool = False):
     """One step of :func:`propagate_object`: the candidate on ``plane`` that overlaps the previous slice's
     ``mask`` most, as (mask in window coordinates or None, its IoU with the previous mask there, window)."""
     from .local_prompts import Window, choose_window, confine_mask, shift_prompts
@@ -395,7 +396,7 @@ def _carry_to_slice(predictor, plane: np.ndarray, mask: np.ndarray, tile: int | 
             point_coords=local.points if len(local.points) else None,
             point_labels=local.labels if len(local.points) else None,
             box=local.box,
-            multimask_output=i == 0,
+            multimask_output=multimask and i == 0,
             embedding=emb,
         )
         for cand in pred.masks:
@@ -423,6 +424,7 @@ def propagate_object(
     min_overlap: float = 0.2,
     min_inside: float = 0.4,
     use_point: bool = True,
+    multimask: bool = False,
     tile: int | None = None,
     overlap: int | None = None,
 ) -> dict[int, np.ndarray]:
@@ -430,8 +432,8 @@ def propagate_object(
 
     Each next slice is prompted with the previous slice's mask box grown by
     ``max(3, 0.2 * sqrt(area))`` px, and (``use_point``) with that box plus a positive
-    point at the previous mask's innermost pixel as a second prompt set. The decoder's three
-    candidate masks (and the point's) are confined to the prompts
+    point at the previous mask's innermost pixel as a second prompt set. The decoder's
+    masks (with ``multimask``, the box's three candidates) are confined to the prompts
     (:func:`napari_samsp.local_prompts.confine_mask`) and the one that overlaps the
     previous slice's mask most is kept: the object moves and changes size a little
     from slice to slice, it does not jump. A direction stops at the stack end, after
@@ -449,6 +451,9 @@ def propagate_object(
         planes: ``planes(z)`` -> the uint8 plane the model sees, (H, W) or (H, W, 3).
         labels: (Z, H, W) labels (read only).
         start_logits: ignored (kept for callers of the earlier version).
+        multimask: decode the box with SAM's three candidate masks. Only for official SAM
+            weights: our models train the single-mask output alone, and their untrained
+            candidates carried objects past their last slice (``scripts/propagation_carry.py``).
         tile, overlap: decode planes larger than ``tile`` in a window around the object
             (:func:`napari_samsp.local_prompts.choose_window`); None decodes whole planes.
 
@@ -463,7 +468,7 @@ def propagate_object(
     todo = [d for d in (1, -1) if 0 <= z0 + d < num_planes]
     total = sum(min(limit, (num_planes - 1 - z0) if d > 0 else z0) for d in todo)
     carry = _Carry(predictor, planes, num_planes, limit, min_area, max_growth, min_overlap, min_inside,
-                   use_point, tile, overlap, progress, cancel, total)
+                   use_point, multimask, tile, overlap, progress, cancel, total)
     out: dict[int, np.ndarray] = {}
     for d in todo:
         carry.one_way(mask0, z0, d, out)
@@ -485,6 +490,7 @@ class _Carry:
     min_overlap: float
     min_inside: float
     use_point: bool
+    multimask: bool
     tile: int | None
     overlap: int | None
     progress: Callable[[int, int], None] | None
@@ -509,7 +515,7 @@ class _Carry:
                 raise PropagationCancelled("propagation cancelled")
             area = int(mask.sum())
             best, best_iou, win = _carry_to_slice(self.predictor, np.asarray(self.planes(z)), mask, self.tile,
-                                                  self.overlap, self.use_point)
+                                                  self.overlap, self.use_point, self.multimask)
             steps += 1
             self.done += 1
             if self.progress is not None:

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         "--point", choices=("default", "on", "off"), default="default",
         help="propagate_object(use_point=...); 'default' passes nothing (works with older versions)",
     )
+    parser.add_argument(
+        "--multimask", choices=("default", "on", "off"), default="default",
+        help="propagate_object(multimask=...): the box's three candidate masks; 'default' passes nothing",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
 
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.model, device="cpu")
     predictor = Predictor(loaded.model, loaded.model_id, cache=EmbeddingCache(None, max_memory_entries=64))
     options = {} if args.point == "default" else {"use_point": args.point == "on"}
+    if args.multimask != "default":
+        options["multimask"] = args.multimask == "on"
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()
     stack, truth = synthetic_nuclei_stack((12, 128, 128), n=14, seed=0)
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             total["carried_fraction"] = round(total["carried"] / total["possible"], 3) if total.get("possible") else None
             rows[f"{name}: {len(images)} images, {args.depth} slices shifted {args.shift} px"] = total
     seconds = time.perf_counter() - t0
-    print(f"model {loaded.model_id}{'' if args.point == 'default' else f' (use_point {args.point})'}; {seconds:.0f} s on {os.cpu_count()} CPU core(s), one torch thread")
+    print(f"model {loaded.model_id}{'' if not options else f' {options}'}; {seconds:.0f} s on {os.cpu_count()} CPU core(s), one torch thread")
     print(f"{'stack':58s} objects possible reached carried objects_carried")
     for key, r in rows.items():
         print(f"{key:58s} {r['objects']:7d} {r['possible']:8d} {r['reached']:7d} {r['carried']:7d} {r['objects_carried']:15d}")

@@ -136,6 +136,29 @@ def test_propagate_object_through_a_stack(micro_model):
         propagate_object(predictor, norm.plane, 5, labels, 2, 1, cancel=lambda: True)
 
 
+def test_propagation_decodes_one_mask_unless_asked_for_three(micro_model):
+    """Our models train only the single-mask output: propagation asks for SAM's three candidates
+    only with ``multimask=True`` (official weights), and then only for the box alone."""
+    stack, _ = synthetic_nuclei_stack((3, 48, 48), n=3, seed=0)
+    norm = StackNormaliser(stack)
+    labels = np.zeros(stack.shape, np.uint32)
+    labels[1, 10:30, 10:30] = 1
+    for multimask in (False, True):
+        predictor = Predictor(micro_model, "micro-test")
+        asked = []
+        original = predictor.predict
+
+        def spy(*args, **kwargs):
+            asked.append((kwargs.get("multimask_output"), kwargs.get("point_coords") is None))
+            return original(*args, **kwargs)
+
+        predictor.predict = spy
+        propagate_object(predictor, norm.plane, 3, labels, 1, 1, multimask=multimask)
+        assert asked
+        assert {m for m, box_only in asked if box_only} == {multimask}
+        assert {m for m, box_only in asked if not box_only} <= {False}
+
+
 def test_work_queue_order_and_cursor(tmp_path):
     from napari_samsp.io import write_png_atomic
 

@@ -137,3 +137,75 @@ def test_a_few_steps_on_a_toy_task_reduce_the_prompted_loss_and_the_spill(kind):
     after = measure()
     assert after[0] < 0.8 * before[0]
     assert after[1] < before[1]
+
+
+def test_absent_propagation_prompts_lie_on_background_with_empty_targets():
+    """With ``absent_prob`` 1 every propagation prompt is moved onto background: empty target, its
+    box free of any object, its dense prompt and point (when drawn) inside that box."""
+    model = micro()
+    _, labels, _ = _batch(model, 4)
+    low = int(model.prompt_encoder.mask_input_size[0])
+    s = labels.shape[-1]
+    absent = with_point = without_mask = 0
+    for seed in range(6):
+        b = simulate_interactive_prompts(labels, 3, torch.Generator().manual_seed(seed), low, kind_probs=(0, 0, 0, 1),
+                                         absent_prob=1.0, propagate_point_prob=0.5, propagate_mask_drop=0.5)
+        for k in range(len(b.image_index)):
+            fg = labels[int(b.image_index[k])] > 0
+            x0, y0, x1, y1 = (int(round(v)) for v in b.boxes[k].tolist())
+            if b.targets[k].sum() == 0:
+                absent += 1
+                assert not fg[y0 : y1 + 1, x0 : x1 + 1].any()
+            valid = b.point_labels[k] >= 0
+            for x, y in b.point_coords[k][valid].tolist():
+                with_point += 1
+                assert x0 <= x <= x1 + 1 and y0 <= y <= y1 + 1
+            if b.has_mask[k]:
+                prev = torch.nn.functional.interpolate(b.mask_input[k : k + 1], (s, s), mode="bilinear")[0, 0] > 0
+                ys, xs = torch.nonzero(prev, as_tuple=True)
+                assert x0 - 2 <= int(xs.min()) and int(xs.max()) <= x1 + 2
+            else:
+                without_mask += 1
+                assert not b.mask_input[k].any()
+    # 6 draws x 4 images with >= 1 object each; a crowded image may find no clear place (then not absent)
+    assert absent >= 12 and with_point > 0 and without_mask > 0
+
+
+def test_absent_option_off_keeps_the_earlier_draws():
+    """The new options default to 0 and then draw nothing: the same seed gives the same prompts."""
+    model = micro()
+    _, labels, _ = _batch(model, 3)
+    low = int(model.prompt_encoder.mask_input_size[0])
+    a = simulate_interactive_prompts(labels, 3, torch.Generator().manual_seed(3), low)
+    b = simulate_interactive_prompts(labels, 3, torch.Generator().manual_seed(3), low, absent_prob=0.0)
+    for name in ("targets", "boxes", "point_coords", "mask_input", "has_mask", "kind"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    c = simulate_interactive_prompts(labels, 3, torch.Generator().manual_seed(3), low, kind_probs=(0, 0, 0, 1),
+                                     absent_prob=1.0)
+    assert (c.targets.flatten(1).sum(1) == 0).any()  # and the option does change them
+
+
+def test_absent_prompts_train_toward_empty_masks():
+    """A few steps on absent propagation prompts alone lower the predicted foreground there."""
+    torch.manual_seed(0)
+    model = micro()
+    configure_trainable(model, ("prompt_encoder", "mask_decoder"))
+    obj = _objective(model, prompt_weight=1.0, prompt_free_weight=0.0, distill_weight=0.0, click_iterations=0,
+                     prompt_kind_probs=(0, 0, 0, 1), absent_prob=1.0)
+    images, labels, valid = _batch(model, 2)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3)
+
+    def foreground() -> float:
+        obj.gen.manual_seed(5)
+        with torch.no_grad():
+            obj(images, labels, valid)
+        fg = [float((t["logits"][t["targets"].flatten(1).sum(1) == 0] > 0).float().mean()) for t in obj.trace]
+        return fg[0]
+
+    before = foreground()
+    for _ in range(15):
+        opt.zero_grad()
+        obj(images, labels, valid)["total"].backward()
+        opt.step()
+    assert foreground() < before * 0.5

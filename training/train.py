@@ -98,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.get("seed", 0))  # every rank builds identical initial weights
     model_cfg = get_config(cfg.get("model", "samunet_tiny"))
     model = build_model(model_cfg)
-    init = cfg.get("init")
+    init = parent = cfg.get("init")
     if init:
         from napari_samsp.models.checkpoints import load_model
 
         loaded = load_model(init, device="cpu")
         model, model_cfg = loaded.model, loaded.model.config
+        parent = loaded.model_card.version or init  # the version id, not a path that may move
     # The preprocessing is the init model's (a fine-tune inherits it); a fresh model takes the
     # config's "preprocessing" (default: the legacy samsp-v1 every shipped model was trained with).
     from napari_samsp.transforms import model_preprocessing, set_model_preprocessing
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         card = {
             "config": model_cfg.to_dict(),
             "input_size": model_cfg.img_size,
-            "parent": cfg.get("init"),
+            "parent": parent,
             "training_data": [{"name": k, "count": v} for k, v in counts.items()],
             "steps": result.state.step,
             "metrics": {"val": result.state.history[-1] if result.state.history else {},

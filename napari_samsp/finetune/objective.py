@@ -34,6 +34,11 @@ class ObjectiveConfig:
     prompt_kind_probs: tuple[float, ...] = (0.35, 0.25, 0.2, 0.2)
     box_jitter: float = 0.1  # SAM: 10 % of the box side
     mask_prompt_drop: float = 0.2  # chance that a corrective iteration goes without the previous logits
+    # propagation prompts: share moved onto background with an empty target (the object ended), share
+    # with the plugin's positive point at the previous mask's centre, share without the logits
+    absent_prob: float = 0.0
+    propagate_point_prob: float = 0.0
+    propagate_mask_drop: float = 0.0
     # box_outside_loss weight for prompt sets with a box. Off by default: measured on DSB nuclei
     # (training/probe_box_loss.py) it drives box prompts to empty masks (val box IoU 0.03 against
     # 0.59 without it, same draws); the segmentation loss already counts spill as false positives,
@@ -111,7 +116,9 @@ class SelfPromptObjective(nn.Module):
         cfg = self.config
         low_res = int(self.model.prompt_encoder.mask_input_size[0])
         batch = simulate_interactive_prompts(labels, cfg.prompts_per_image, self.gen, low_res,
-                                             kind_probs=tuple(cfg.prompt_kind_probs), box_jitter=cfg.box_jitter)
+                                             kind_probs=tuple(cfg.prompt_kind_probs), box_jitter=cfg.box_jitter,
+                                             absent_prob=cfg.absent_prob, propagate_point_prob=cfg.propagate_point_prob,
+                                             propagate_mask_drop=cfg.propagate_mask_drop)
         if batch is None:
             return None
         dev = features.embeddings.device

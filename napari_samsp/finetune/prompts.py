@@ -205,6 +205,28 @@ def perturbed_mask(mask: torch.Tensor, gen: torch.Generator, shift: float = 0.1,
     return out if out.any() else mask.clone()
 
 
+def _absent_placement(prev: torch.Tensor, foreground: torch.Tensor, gen: torch.Generator,
+                      tries: int = 20) -> torch.Tensor | None:
+    """``prev`` (S, S) bool moved to a random place whose grown box holds no ``foreground`` pixel.
+
+    The slice after an object's end as propagation sees it: the previous mask's prompts over
+    background. Returns None when none of ``tries`` random placements is clear (crowded images).
+    """
+    ys, xs = torch.nonzero(prev, as_tuple=True)
+    s = prev.shape[-1]
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    grow = max(3, int(0.2 * float(prev.sum()) ** 0.5) + 1)
+    h, w = y1 - y0 + 2 * grow, x1 - x0 + 2 * grow
+    if h >= s or w >= s:
+        return None
+    for _ in range(tries):
+        ty = int(torch.randint(0, s - h + 1, (1,), generator=gen))
+        tx = int(torch.randint(0, s - w + 1, (1,), generator=gen))
+        if not foreground[ty : ty + h, tx : tx + w].any():
+            return torch.roll(prev, shifts=(ty + grow - y0, tx + grow - x0), dims=(0, 1))
+    return None
+
+
 def mask_logits_low_res(mask: torch.Tensor, low_res: int, magnitude: float = 8.0) -> torch.Tensor:
     """(S, S) bool -> (1, L, L) dense-prompt logits: area fraction mapped to [-magnitude, magnitude]."""
     import torch.nn.functional as F
@@ -221,6 +243,9 @@ def simulate_interactive_prompts(
     kind_probs: tuple[float, ...] = (0.35, 0.25, 0.2, 0.2),
     box_jitter: float = 0.1,
     mask_logit: float = 8.0,
+    absent_prob: float = 0.0,
+    propagate_point_prob: float = 0.0,
+    propagate_mask_drop: float = 0.0,
 ) -> InteractiveBatch | None:
     """First prompts of up to ``per_image`` objects per image, one kind drawn per object.
 
@@ -230,13 +255,21 @@ def simulate_interactive_prompts(
     previous slice -- the box (grown by 10 % of sqrt(area), at least 2 px) and low-res logits
     of a shifted / dilated / eroded copy of the object.
 
+    A ``propagate`` prompt is, with ``absent_prob``, *absent*: the previous slice's object is
+    moved onto background (:func:`_absent_placement`) and the target is empty, as on the slice
+    after an object's last one -- without such prompts a model learns that the propagation
+    prompt always holds an object and carries it on past its end. ``propagate_point_prob``
+    adds a positive point at the previous mask's innermost pixel and ``propagate_mask_drop``
+    drops the logits, so the prompt sets :func:`~napari_samsp.interactive.propagate_object`
+    sends (box; box + point) are trained too. The defaults (0) keep the earlier draws.
+
     Args:
         labels: (B, S, S) int64 instance labels in the input frame.
         low_res: side L of the decoder's low-res logits (the mask-prompt size).
     Returns:
         None when no image has an object.
     """
-    from ..interactive import mask_box
+    from ..interactive import innermost_pixel, mask_box
 
     b, s, _ = labels.shape
     probs = torch.tensor(kind_probs, dtype=torch.float64)
@@ -261,20 +294,33 @@ def simulate_interactive_prompts(
                 lab[0] = 1
             if name in ("box", "point+box"):
                 box = _jitter_box(_box(m), s, gen, box_jitter)
+            target = m
+            has_mask = name == "propagate"
             if name == "propagate":
                 prev = perturbed_mask(m, gen)
+                if absent_prob > 0 and float(torch.rand(1, generator=gen)) < absent_prob:
+                    moved = _absent_placement(prev, labels[i] > 0, gen)
+                    if moved is not None:
+                        prev, target = moved, torch.zeros_like(m)
                 area = float(prev.sum())
                 box = torch.from_numpy(box_edges(mask_box(prev.numpy(), margin=max(2.0, 0.1 * area**0.5))))
                 low = mask_logits_low_res(prev, low_res, mask_logit)
+                if propagate_point_prob > 0 and float(torch.rand(1, generator=gen)) < propagate_point_prob:
+                    r, c = innermost_pixel(prev.numpy())  # type: ignore[misc]
+                    pts[0] = torch.tensor([c + 0.5, r + 0.5])
+                    lab[0] = 1
+                if propagate_mask_drop > 0 and float(torch.rand(1, generator=gen)) < propagate_mask_drop:
+                    low = torch.zeros(1, low_res, low_res)
+                    has_mask = False
             rows["idx"].append(i)
-            rows["tgt"].append(m.float())
+            rows["tgt"].append(target.float())
             rows["kind"].append(kind)
             rows["box"].append(box)
             rows["hasbox"].append(name != "point")
             rows["pts"].append(pts)
             rows["lab"].append(lab)
             rows["mask"].append(low)
-            rows["hasmask"].append(name == "propagate")
+            rows["hasmask"].append(has_mask)
     if not rows["idx"]:
         return None
     return InteractiveBatch(
