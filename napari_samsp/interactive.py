@@ -235,8 +235,8 @@ class ObjectEditor:
             keep the best (right for official SAM weights, whose single-mask output is meant for
             several prompts); our fine-tuned models are trained on the single-mask output.
         confine: keep only the decoded pixels that belong to the prompted object
-            (:func:`napari_samsp.local_prompts.confine_mask`: inside the grown box, no specks far
-            from the prompts), whatever the model returns.
+            (:func:`napari_samsp.local_prompts.confine_mask`: inside the drawn box, stretched to any
+            positive click outside it, no specks far from the prompts), whatever the model returns.
         embedding: the plane's :class:`~napari_samsp.embedding.Embedding` (``predictor.embed``);
             None takes the predictor's set_image one, once, here.
     """
@@ -309,9 +309,9 @@ class ObjectEditor:
         best = pred.best_index
         self.mask = pred.masks[best]
         if self.confine:
-            from .local_prompts import confine_mask
+            from .local_prompts import USER_BOX_MARGIN, confine_mask
 
-            self.mask = confine_mask(self.mask, prompts)
+            self.mask = confine_mask(self.mask, prompts, margin=USER_BOX_MARGIN)
         self.logits = pred.logits[best : best + 1]
         self.score = float(pred.scores[best])
         self.painted = paint_mask(self.base, self.mask, self.label_id, clear=self.target, preserve=self.preserve)

@@ -58,6 +58,12 @@ class Window(NamedTuple):
 # --------------------------------------------------------------------------- confinement
 
 
+#: Margin of a box the user drew: none. The box is the user's statement of the object's extent, so the
+#: mask shown never leaves it (issue 10: "box prompts must produce masks inside the box"); a positive
+#: click outside the box stretches it (:func:`confine_mask`). Propagation keeps the grown default.
+USER_BOX_MARGIN = 0.0
+
+
 def _grown_box(box: np.ndarray, shape: tuple[int, int], margin: float | None) -> tuple[int, int, int, int]:
     """(r0, r1, c0, c1) half-open rows/cols of the (x0, y0, x1, y1) box grown by ``margin``
     (default: 10 % of its longer side, at least 4 px), clipped to ``shape`` (:func:`napari_samsp.boxes.box_slices`)."""
@@ -72,7 +78,8 @@ def confine_mask(
     """The part of a decoded (H, W) bool mask that belongs to the prompted object.
 
     1. With a box: pixels outside the box grown by ``margin`` (default 10 % of its
-       longer side, at least 4 px) are dropped.
+       longer side, at least 4 px; :data:`USER_BOX_MARGIN` for a box the user drew) are
+       dropped. The box is first stretched to reach every positive point outside it.
     2. The anchors are the positive points and the box centre. A connected component
        (8-connected) containing an anchor, or the nearest one within ``gap`` px of an
        anchor, is the object; with a box and no component at an anchor, the largest
@@ -91,6 +98,10 @@ def confine_mask(
     h, w = m.shape
     if prompts.box is not None:
         r0, r1, c0, c1 = _grown_box(prompts.box, (h, w), margin)
+        for (x, y), lab in zip(np.asarray(prompts.points).reshape(-1, 2), np.asarray(prompts.labels).reshape(-1)):
+            if lab == 1:  # a positive click outside the box says the object goes on there
+                r, c = min(max(int(y), 0), h - 1), min(max(int(x), 0), w - 1)
+                r0, r1, c0, c1 = min(r0, r), max(r1, r + 1), min(c0, c), max(c1, c + 1)
         keep = np.zeros_like(m)
         keep[r0:r1, c0:c1] = True
         m &= keep

@@ -17,6 +17,7 @@ from napari_samsp.interactive import (
     propagate_object,
 )
 from napari_samsp.local_prompts import (
+    USER_BOX_MARGIN,
     Window,
     WindowedEditor,
     choose_window,
@@ -90,8 +91,21 @@ def test_confine_mask_box_centre_off_the_object_keeps_the_largest_piece():
     assert out[10:20, 10:50].all() and not out[45:47, 45:47].any()
 
 
+def test_a_positive_click_outside_the_box_stretches_it():
+    """The drawn box bounds the mask, except where a positive click says the object goes on."""
+    mask = np.zeros((60, 60), bool)
+    mask[20:30, 20:45] = True  # the object runs past the box's right edge (x 34)
+    box_only = confine_mask(mask, PromptSet(box=np.array([18, 18, 34, 32], np.float32)), margin=0.0)
+    assert box_only[20:30, 20:35].all() and not box_only[:, 35:].any()
+    clicked = PromptSet(np.array([[42.0, 25.0]], np.float32), np.array([1]), np.array([18, 18, 34, 32], np.float32))
+    stretched = confine_mask(mask, clicked, margin=0.0)
+    assert stretched[20:30, 20:43].all() and not stretched[:, 43:].any()
+    negative = PromptSet(np.array([[42.0, 25.0]], np.float32), np.array([0]), np.array([18, 18, 34, 32], np.float32))
+    assert not confine_mask(mask, negative, margin=0.0)[:, 35:].any()
+
+
 def test_object_editor_confines_whatever_the_model_returns(micro_model):
-    """The random micro model spills anywhere: the editor paints only inside the grown box."""
+    """The random micro model spills anywhere: the editor paints only inside the drawn box."""
     image, _ = synthetic_nuclei((64, 64), n=4, seed=0)
     predictor = Predictor(micro_model, "micro-test")
     predictor.set_image(image)
@@ -99,8 +113,10 @@ def test_object_editor_confines_whatever_the_model_returns(micro_model):
     raw = predictor.predict(box=box.box).masks[0]
     editor = ObjectEditor(predictor, np.zeros((64, 64), np.uint32), 1)
     out = editor.update(box)
-    np.testing.assert_array_equal(out == 1, confine_mask(raw, box))
-    assert not (out[:15] == 1).any() and not (out[:, :15] == 1).any() and not (out[41:] == 1).any()
+    np.testing.assert_array_equal(out == 1, confine_mask(raw, box, margin=USER_BOX_MARGIN))
+    outside = np.ones((64, 64), bool)
+    outside[20:36, 20:36] = False  # the inclusive box 20..35
+    assert (out == 1).any() and not (out[outside] == 1).any()
     loose = ObjectEditor(predictor, np.zeros((64, 64), np.uint32), 1, confine=False)
     np.testing.assert_array_equal(loose.update(box) == 1, raw)
 

@@ -164,11 +164,11 @@ def box_on(seg: Segmenter, pairs, instance_set: bool, images: int = 10, per_imag
 
     The box is the object's tight box (``interactive.mask_box``, no margin), as a user drags it;
     one decode per box with no other prompt, like the plugin's first box. ``box_*`` score the model's
-    raw mask; ``confined_box_*`` the mask the plugin shows (``local_prompts.confine_mask``: cut to the
-    box grown by 10 %, specks away from the object dropped).
+    raw mask; ``confined_box_*`` the mask the plugin shows (``local_prompts.confine_mask`` with the
+    plugin's ``USER_BOX_MARGIN``: cut to the box, specks away from the object dropped).
     """
     from napari_samsp.interactive import PromptSet, mask_box
-    from napari_samsp.local_prompts import confine_mask
+    from napari_samsp.local_prompts import USER_BOX_MARGIN, confine_mask
 
     raw, confined = [], []
     for pair in evenly_spaced(pairs, images):
@@ -180,7 +180,7 @@ def box_on(seg: Segmenter, pairs, instance_set: bool, images: int = 10, per_imag
             box = mask_box(obj)
             mask = predict(box)
             raw.append(metrics.box_prompt_scores(mask, obj, box))
-            confined.append(metrics.box_prompt_scores(confine_mask(mask, PromptSet(box=box)), obj, box))
+            confined.append(metrics.box_prompt_scores(confine_mask(mask, PromptSet(box=box), margin=USER_BOX_MARGIN), obj, box))
     out = metrics.box_summary(raw)
     out.update({f"confined_{k}": v for k, v in metrics.box_summary(confined).items() if k != "n"})
     return out
