@@ -121,3 +121,27 @@ def test_sam_segmenter_box_prompt_runs_the_predictor(micro_model):
     predict = seg.box_predictor(np.full((50, 60, 3), 100, np.uint8))
     mask = predict(np.array([5, 5, 30, 40], np.float32))
     assert mask.shape == (50, 60) and mask.dtype == bool
+
+
+def test_sam_segmenter_clicks_as_shown_are_the_editors_confined_masks(micro_model):
+    """``clicks="shown"`` scores what the plugin paints: the ObjectEditor's mask, a subset of the
+    model's raw mask, confined to the object around the clicks; the raw view is the model's mask."""
+    import evaluate_model as E
+    from napari_samsp.interactive import ObjectEditor, PromptSet
+    from napari_samsp.sample_data_gen import synthetic_nuclei
+
+    image, _ = synthetic_nuclei((64, 64), n=4, seed=0)
+    points, labels = np.array([[20.0, 30.0]], np.float32), np.array([1])
+    raw_seg = E.SamSegmenter(micro_model, "micro-test")
+    raw_mask, raw_logits = raw_seg.click_predictor(image)(points, labels, None)
+    shown_seg = E.SamSegmenter(micro_model, "micro-test", clicks="shown")
+    predict = shown_seg.click_predictor(image)
+    shown, logits = predict(points, labels, None)
+    editor = ObjectEditor(shown_seg.predictor, np.zeros((64, 64), np.uint32), 1, embedding=shown_seg.predictor.embed(image))
+    np.testing.assert_array_equal(shown, editor.update(PromptSet(points, labels)) == 1)
+    assert not (shown & ~raw_mask).any()
+    # a second click continues the same object (the editor's logits go back in)
+    two = predict(np.array([[20.0, 30.0], [40.0, 40.0]], np.float32), np.array([1, 0]), logits)[0]
+    assert two.shape == (64, 64) and two.dtype == bool
+    with pytest.raises(ValueError, match="clicks"):
+        E.SamSegmenter(micro_model, "micro-test", clicks="other")

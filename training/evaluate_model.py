@@ -64,12 +64,15 @@ class SamSegmenter:
     """Our model through ``Predictor`` + ``autoseg.segment_image`` (what ``samsp segment`` runs)."""
 
     def __init__(self, model, model_id: str, num_passes: int = 2, name: str = "sam", click_box: str = "none",
-                 refine_instances: bool = True) -> None:
+                 refine_instances: bool = True, clicks: str = "model") -> None:
         from napari_samsp.predictor import EmbeddingCache, Predictor
 
         if click_box not in ("none", "image"):
             raise ValueError("click_box must be 'none' or 'image'")
+        if clicks not in ("model", "shown"):
+            raise ValueError("clicks must be 'model' or 'shown'")
         self.click_box = click_box
+        self.clicks = clicks
         self.name = name
         self.supports_clicks = True
         self.num_passes = int(num_passes)
@@ -84,6 +87,8 @@ class SamSegmenter:
                              refine_instances=self.refine_instances).labels
 
     def click_predictor(self, image: np.ndarray) -> Callable:
+        if self.clicks == "shown":
+            return self._editor_click_predictor(image)
         self.predictor.set_image(image)
         pred = self.predictor
         h, w = pred.original_size
@@ -94,6 +99,24 @@ class SamSegmenter:
         def predict(points, labels, prev_logits):
             out = pred.predict(points, labels, box=box, mask_input=prev_logits, multimask_output=False)
             return out.masks[0], out.logits[:1]
+
+        return predict
+
+    def _editor_click_predictor(self, image: np.ndarray) -> Callable:
+        """Clicks as the plugin shows them: every click goes through one ``interactive.ObjectEditor``
+        (the mask confined to the prompted object, the editor's own logits fed back), and the
+        simulated user sees, and corrects, the painted mask."""
+        from napari_samsp.interactive import ObjectEditor, PromptSet
+
+        emb = self.predictor.embed(image)
+        editor: list = []
+
+        def predict(points, labels, prev_logits):
+            if prev_logits is None or not editor:  # a new object: a fresh editor
+                editor[:] = [ObjectEditor(self.predictor, np.zeros(emb.original_size, np.uint32), 1, embedding=emb)]
+            ed = editor[0]
+            painted = ed.update(PromptSet(np.asarray(points, np.float32), np.asarray(labels, np.int64)))
+            return painted == 1, ed.logits
 
         return predict
 
@@ -285,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-refine", action="store_true",
                     help="instance mode without the per-object box + point re-decode (watershed objects as they are); "
                          "a card with refine_instances false implies it")
+    ap.add_argument("--clicks", choices=("model", "shown"), default="model",
+                    help="score the model's raw click masks, or the masks the plugin shows (ObjectEditor: confined)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the JSON here (also printed)")
     ap.add_argument("--markdown", action="store_true", help="also print a table for docs/BENCHMARKS.md")
@@ -307,10 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     num_passes = args.num_passes or card.num_passes
     refine = SegmentOptions.from_card(card).refine_instances and not args.no_refine
     seg = SamSegmenter(model, model_id, num_passes, name=source, click_box=args.click_box,
-                       refine_instances=refine)
+                       refine_instances=refine, clicks=args.clicks)
     res = evaluate(seg, args.data, args.limit, args.mode, card.mode, args.noc_objects,
                    args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True), box_images=args.box_images)
     res["settings"]["refine_instances"] = refine
+    res["settings"]["clicks"] = args.clicks
     res["model"] = {"source": source, "model_id": model_id, "num_passes": num_passes,
                     "config": getattr(model, "config", None) and model.config.name,
                     "parameters": int(sum(p.numel() for p in model.parameters())),
