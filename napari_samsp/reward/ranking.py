@@ -96,14 +96,17 @@ def score_image(
     max_side: int | None = 512,
     mode: str = "semantic",
     protos_override: EmbeddingPrototypes | None = None,
+    multimask: bool | None = None,
 ) -> ImageScore:
     """Candidates, features and the calibrated reward of one image (the predictor is not changed).
 
     In ``instance`` mode the image's numbers are the area-weighted means over its objects,
     each object scored on its own candidate pool (``ImageScore.objects``: id -> (expected Dice, pool reward)).
+    ``multimask``: put SAM's three multimask outputs into the pools; None: only where they are trained
+    (``candidates.multimask_trained``: official SAM architectures).
     """
     rgb = prepare_image(_load(image), max_side)
-    return _score_embedding(predictor, predictor.embed(rgb), calibrator, num_passes, tta, mode, protos_override)
+    return _score_embedding(predictor, predictor.embed(rgb), calibrator, num_passes, tta, mode, protos_override, multimask)
 
 
 def _score_embedding(
@@ -114,13 +117,14 @@ def _score_embedding(
     tta: bool,
     mode: str,
     protos_override: EmbeddingPrototypes | None,
+    multimask: bool | None = None,
 ) -> ImageScore:
     """:func:`score_image` on the embedding of an image already prepared (``emb.rgb``)."""
     cal = calibrator or RewardCalibrator()
     cfg = cal.config
     protos = protos_override if protos_override is not None else cal.protos
     rgb = emb.rgb
-    cands = generate_candidates(predictor, emb, num_passes=num_passes, tta=tta)
+    cands = generate_candidates(predictor, emb, num_passes=num_passes, multimask=multimask, tta=tta)
     cues = ImageCues.from_rgb(rgb)
     sf, bc, pooled = _features(predictor, emb, cands, cues)
     similarity = embedding_score(pooled[0], pooled[1], protos)[:, None]
@@ -143,13 +147,14 @@ def _score_embedding(
         pooled=pooled,
     )
     if mode == "instance":
-        _score_objects(predictor, emb, result, cal, protos, num_passes)
+        _score_objects(predictor, emb, result, cal, protos, num_passes, multimask)
     elif mode != "semantic":
         raise ValueError(f"mode must be 'semantic' or 'instance', got {mode!r}")
     return result
 
 
-def _score_objects(predictor: Predictor, emb: Embedding, result: ImageScore, cal: RewardCalibrator, protos, num_passes: int) -> None:
+def _score_objects(predictor: Predictor, emb: Embedding, result: ImageScore, cal: RewardCalibrator, protos, num_passes: int,
+                   multimask: bool | None = None) -> None:
     from ..autoseg import segment
 
     seg = segment(predictor, emb, mode="instance", num_passes=num_passes)
@@ -158,7 +163,7 @@ def _score_objects(predictor: Predictor, emb: Embedding, result: ImageScore, cal
     cues = ImageCues.from_rgb(result.rgb)
     cfg = cal.config
     vals, weights = [], []
-    for oid, cands in object_candidates(predictor, seg.labels, embedding=emb).items():
+    for oid, cands in object_candidates(predictor, seg.labels, embedding=emb, multimask=multimask).items():
         sf, bc, pooled = _features(predictor, emb, cands, cues)
         ef = np.concatenate([bc, embedding_score(pooled[0], pooled[1], protos)[:, None]], axis=1)
         s, e = cfg.self_score(sf), cfg.evidence_score(ef)
