@@ -231,12 +231,13 @@ def store_pairs(store, split: str = "auto", min_samples: int = 5) -> list[tuple[
 
 def collect_store_samples(
     predictor: Predictor, store, num_passes: int, config: RewardConfig | None = None,
-    max_side: int | None = 512, split: str = "auto", limit: int | None = None,
+    max_side: int | None = 512, split: str = "auto", limit: int | None = None, multimask: bool | None = None,
 ) -> StoreSamples:
     """Score the automatic mask of every corrected image and its true Dice against the correction.
 
     The embedding-similarity evidence of each sample uses prototypes of the *other* samples
-    (leave-one-out), so a sample never rates itself.
+    (leave-one-out), so a sample never rates itself. ``multimask``: as for :func:`score_image` (the
+    calibration must see the candidate pools that scoring uses: they change the agreement feature).
     """
     cfg = config or RewardConfig()
     pairs = store_pairs(store, split, cfg.min_samples)[: limit or None]
@@ -247,7 +248,8 @@ def collect_store_samples(
         rgb = prepare_image(image, max_side)
         gt = _resize_mask(np.asarray(labels) > 0, rgb.shape[:2])
         emb = predictor.embed(rgb)
-        sc = _score_embedding(predictor, emb, RewardCalibrator(cfg), num_passes, False, "semantic", EmbeddingPrototypes())
+        sc = _score_embedding(predictor, emb, RewardCalibrator(cfg), num_passes, False, "semantic", EmbeddingPrototypes(),
+                              multimask)
         gfg, gbg = pooled_embeddings(emb.features.embeddings, gt[None], emb.transform.resized_size, predictor.model.img_size)
         protos.add(gfg[0], gbg[0])
         a = sc.candidates.auto_index
@@ -276,18 +278,19 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def fit_calibrator(
     predictor: Predictor, store, num_passes: int = DEFAULT_NUM_PASSES, config: RewardConfig | None = None,
-    max_side: int | None = 512, split: str = "auto", select_lambda: bool = False,
+    max_side: int | None = 512, split: str = "auto", select_lambda: bool = False, multimask: bool | None = None,
 ) -> RewardCalibrator:
     """A :class:`RewardCalibrator` for the predictor's model from the corrected masks of ``store``.
 
     Fewer than ``config.min_samples`` corrected images: uncalibrated (prior), with a warning.
     The result's ``samples`` attribute holds the :class:`StoreSamples` used. ``select_lambda``: choose
     lambda from ``calibration.LAMBDA_GRID`` on these samples instead of using ``config.lam``.
+    ``multimask``: the candidate pools' multimask outputs, as for :func:`score_image`.
     """
     from .calibration import LAMBDA_GRID
 
     cfg = config or RewardConfig()
-    samples = collect_store_samples(predictor, store, num_passes, cfg, max_side, split)
+    samples = collect_store_samples(predictor, store, num_passes, cfg, max_side, split, multimask=multimask)
     cal = RewardCalibrator(cfg).fit(samples.self_scores, samples.evidence_scores, samples.dice,
                                     LAMBDA_GRID if select_lambda else None)
     cal.protos = samples.protos if samples.protos.count else None
