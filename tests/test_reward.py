@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from napari_samsp.reward import (
 )
 from napari_samsp.reward import improve as improve_mod
 from napari_samsp.reward.calibration import cross_validated_quality, prior_expected_dice
+from napari_samsp.reward.candidates import multimask_trained
 from napari_samsp.reward.evidence import EmbeddingPrototypes, ImageCues, boundary_score, contrast_score, embedding_score
 from napari_samsp.reward.improve import ImproveConfig, preference_loss, self_improve
 from napari_samsp.reward.ranking import fit_calibrator
@@ -62,7 +64,7 @@ def _write_pairs(root: Path, n: int, val: int = 1, seed: int = 0) -> Path:
 def test_candidates_shapes(micro_model):
     p = Predictor(micro_model, "micro")
     img, _ = _disc(40, 56)
-    c = generate_candidates(p, img, num_passes=2, num_jitter=2, tta=True)
+    c = generate_candidates(p, img, num_passes=2, multimask=True, num_jitter=2, tta=True)
     assert c.masks.shape == (8, 40, 56) and c.masks.dtype == bool
     assert c.probs.shape == (8, 40, 56)
     assert c.pred_iou.shape == c.stability.shape == (8,)
@@ -74,13 +76,100 @@ def test_candidates_shapes(micro_model):
     labels = np.zeros((40, 56), np.uint16)
     labels[5:15, 5:15] = 1
     labels[20:35, 30:50] = 2
-    objs = object_candidates(p, labels, embedding=p.embed(img))
+    objs = object_candidates(p, labels, embedding=p.embed(img), multimask=True)
     assert sorted(objs) == [1, 2]
     assert objs[2].masks.shape == (6, 40, 56) and objs[2].sources[0] == "auto"
     assert np.array_equal(objs[2].masks[0], labels == 2)
 
 
 # -- reward combination, evidence, calibration -------------------------------------------------
+
+
+def _official_micro():
+    """The micro model with an official-architecture config (as official SAM / MedSAM / micro-sam weights are)."""
+    from napari_samsp.models import build_model
+    from napari_samsp.models.build import get_config
+
+    torch.manual_seed(0)
+    return build_model(dataclasses.replace(get_config("micro"), official=True)).eval()
+
+
+def _has_mm(sources) -> bool:
+    return any(s.startswith("mm") for s in sources)
+
+
+def test_multimask_candidates_only_where_they_are_trained(micro_model):
+    """Our own models train only the single-mask output: their three multimask outputs are no candidates."""
+    img, _ = _disc(40, 56)
+    labels = np.zeros((40, 56), np.uint16)
+    labels[5:15, 5:15] = 1
+    labels[20:35, 30:50] = 2
+    ours = Predictor(micro_model, "micro")
+    assert not multimask_trained(micro_model) and not micro_model.config.multimask_trained
+    assert generate_candidates(ours, img, num_passes=2).sources == ["pass0", "pass1", "jit0", "jit1"]
+    objs = object_candidates(ours, labels, embedding=ours.embed(img))
+    assert [o.sources for o in objs.values()] == [["auto", "jit0", "jit1"]] * 2
+    # asked for explicitly, they are still there
+    assert generate_candidates(ours, img, num_passes=2, multimask=True).sources[2:5] == ["mm0", "mm1", "mm2"]
+    assert all(o.sources[1:4] == ["mm0", "mm1", "mm2"] for o in object_candidates(ours, labels, multimask=True, embedding=ours.embed(img)).values())
+    # official architectures (official SAM, MedSAM, micro-sam, their fine-tunes) trained them
+    official = _official_micro()
+    theirs = Predictor(official, "micro-official")
+    assert multimask_trained(official)
+    assert generate_candidates(theirs, img, num_passes=2).sources == ["pass0", "pass1", "mm0", "mm1", "mm2", "jit0", "jit1"]
+    assert all(o.sources == ["auto", "mm0", "mm1", "mm2", "jit0", "jit1"] for o in object_candidates(theirs, labels, embedding=theirs.embed(img)).values())
+    assert not _has_mm(generate_candidates(theirs, img, num_passes=2, multimask=False).sources)
+    assert not multimask_trained(torch.nn.Linear(2, 2))  # no config: nothing is assumed trained
+
+
+def test_scoring_pools_follow_the_model(monkeypatch, micro_model):
+    """score_image (semantic and per object) and its calibration use the same pools: no mm for our models."""
+    from napari_samsp.reward import ranking
+
+    seen = []
+    real = ranking.object_candidates
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.extend(c.sources for c in out.values())
+        return out
+
+    monkeypatch.setattr(ranking, "object_candidates", recording)
+    for model, expect in ((micro_model, False), (_official_micro(), True)):
+        p, good_img, _ = _good_and_bad(monkeypatch, model)
+        seen.clear()
+        sc = ranking.score_image(p, good_img, mode="instance")
+        assert _has_mm(sc.candidates.sources) is expect and len(sc.pool) == len(sc.candidates)
+        assert sc.objects and seen and all(_has_mm(s) is expect for s in seen)
+        assert all(len(v[1]) == len(s) for v, s in zip(sc.objects.values(), seen))
+        assert _has_mm(ranking.score_image(p, good_img, multimask=not expect).candidates.sources) is not expect
+
+
+def test_self_improvement_pairs_follow_the_model(tmp_path, micro_model, monkeypatch):
+    """The calibration and the chosen / rejected pools of self-improvement hold no untrained mm candidate."""
+    from napari_samsp.reward import ranking
+
+    store = _write_pairs(tmp_path / "store", 6)
+    pools = []
+    real = ranking.generate_candidates
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        pools.append(out.sources)
+        return out
+
+    monkeypatch.setattr(ranking, "generate_candidates", recording)
+    monkeypatch.setattr(improve_mod, "_train_round", lambda model, pseudo, run, r: ({}, None))
+    monkeypatch.setattr(improve_mod, "_validate", lambda m, v, k: 0.5)
+    unlabeled = [_disc(48, 48, 20, 24, 9, seed=s)[0] for s in (10, 11)]
+    for multimask, expect in ((None, False), (True, True)):
+        pools.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self_improve(_micro_loaded(micro_model), unlabeled, [store], rounds=1,
+                         config=ImproveConfig(steps=1, batch_size=2, multimask=multimask))
+        assert len(pools) == 6 + 2  # the store's corrected images (calibration), then the unlabeled ones
+        assert all(_has_mm(s) is expect for s in pools)
 
 
 def test_rank_combination_lambda():

@@ -66,6 +66,12 @@ class SamConfig:
         """Side of the decoder's low-resolution mask logits (4x the embedding grid)."""
         return 4 * self.embedding_size
 
+    @property
+    def multimask_trained(self) -> bool:
+        """SAM's three multimask outputs carry trained weights: official architectures only (official SAM,
+        MedSAM, micro-sam and fine-tunes of them); our own configs train the single-mask output alone."""
+        return self.official
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

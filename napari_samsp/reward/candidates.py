@@ -4,7 +4,10 @@ Candidates of one image, all on the (possibly downscaled, see :func:`prepare_ima
 
 * ``pass<k>``: every self-prompting pass; the last one is the *automatic* mask
   (what ``autoseg.segment`` returns in semantic mode);
-* ``mm<j>``: SAM's three multimask outputs, prompted by the box of the automatic mask;
+* ``mm<j>``: SAM's three multimask outputs, prompted by the box of the automatic mask; only where the
+  model's multimask outputs are trained (:func:`multimask_trained`: official SAM architectures). Our own
+  models train the single-mask output alone, and their three multimask outputs are near-empty or arbitrary
+  masks that would only lower every other candidate's agreement and be picked as the rejected mask;
 * ``jit<j>``: single masks prompted by jittered copies of that box (+-10 % per side);
 * ``flip`` (optional test-time augmentation): the automatic mask of the horizontally
   flipped image, flipped back. It needs a second encoder run per image (the
@@ -34,7 +37,7 @@ from ..predictor import Predictor, as_plane
 from ..boxes import mask_to_box
 from ..transforms import to_rgb_uint8
 
-__all__ = ["CandidateSet", "generate_candidates", "object_candidates", "prepare_image", "mask_box"]
+__all__ = ["CandidateSet", "generate_candidates", "mask_box", "multimask_trained", "object_candidates", "prepare_image"]
 
 
 @dataclass
@@ -141,6 +144,12 @@ class _Collector:
         )
 
 
+def multimask_trained(model) -> bool:
+    """Whether ``model``'s three multimask outputs were trained (``SamConfig.multimask_trained``: official
+    SAM, MedSAM, micro-sam and their fine-tunes); False for our own configs and a model without a config."""
+    return bool(getattr(getattr(model, "config", None), "multimask_trained", False))
+
+
 def _seed_for(emb: Embedding) -> int:
     return zlib.crc32(emb.key.encode()) & 0xFFFFFFFF
 
@@ -149,7 +158,7 @@ def generate_candidates(
     predictor: Predictor,
     image: np.ndarray | Embedding | None = None,
     num_passes: int = DEFAULT_NUM_PASSES,
-    multimask: bool = True,
+    multimask: bool | None = None,
     num_jitter: int = 2,
     jitter: float = 0.1,
     tta: bool = False,
@@ -161,7 +170,8 @@ def generate_candidates(
         image: an array (embedded first; use :func:`prepare_image` for a bounded grid), its
             :class:`~napari_samsp.embedding.Embedding`, or None for the predictor's set_image one.
         num_passes: self-prompting passes K; the last pass is the automatic mask (``auto_index``).
-        multimask, num_jitter, jitter: box-prompted candidates around the automatic mask.
+        multimask, num_jitter, jitter: box-prompted candidates around the automatic mask; ``multimask``
+            None: SAM's three outputs only when they are trained (:func:`multimask_trained`).
         tta: add the flip test-time-augmentation candidate (one extra encoder run).
     """
     emb = predictor.embedding_of(image)
@@ -173,6 +183,8 @@ def generate_candidates(
     auto = len(passes) - 1
     auto_mask = (col.logits[auto][0] > 0).numpy()
     box = mask_box(auto_mask)
+    if multimask is None:
+        multimask = multimask_trained(predictor.model)
     if multimask:
         pred = predictor.predict(box=box, multimask_output=True, embedding=emb)
         col.add(_orig_logits(emb, torch.from_numpy(pred.logits)[None]), pred.scores, [f"mm{j}" for j in range(len(pred.scores))])
@@ -198,15 +210,19 @@ def object_candidates(
     max_objects: int = 256,
     *,
     embedding: Embedding | None = None,
+    multimask: bool | None = None,
 ) -> dict[int, CandidateSet]:
     """Candidates of every object of an instance label image on ``embedding`` (default: the
     predictor's set_image one).
 
     Per object: its own mask as segmented (``auto``, ``auto_index`` 0, predicted IoU from
-    a re-decode of its box + centre point), SAM's three multimask outputs for that prompt,
-    and ``num_jitter`` jittered-box masks.
+    a re-decode of its box + centre point), SAM's three multimask outputs for that prompt
+    (``multimask``; None: only when they are trained, :func:`multimask_trained`), and ``num_jitter``
+    jittered-box masks.
     """
     emb = predictor.embedding_of(embedding)
+    if multimask is None:
+        multimask = multimask_trained(predictor.model)
     labels = np.asarray(labels)
     out: dict[int, CandidateSet] = {}
     slices = ndimage.find_objects(labels.astype(np.int64))
@@ -218,14 +234,15 @@ def object_candidates(
         py, px = np.unravel_index(int(np.argmax(inner)), obj.shape)
         pt = np.array([[px, py]], np.float32)
         single = predictor.predict(point_coords=pt, box=box, multimask_output=False, embedding=emb)
-        multi = predictor.predict(point_coords=pt, box=box, multimask_output=True, embedding=emb)
         col = _Collector()
         auto_logit = torch.from_numpy(np.where(obj, 4.0, -4.0).astype(np.float32))[None]
         # The object's own mask: its logit field is the single re-decode where they agree, +-4 elsewhere.
         dec = _orig_logits(emb, torch.from_numpy(single.logits)[None])
         agree = (dec > 0) == torch.from_numpy(obj)[None]
         col.add(torch.where(agree, dec, auto_logit), single.scores, ["auto"])
-        col.add(_orig_logits(emb, torch.from_numpy(multi.logits)[None]), multi.scores, [f"mm{j}" for j in range(len(multi.scores))])
+        if multimask:
+            multi = predictor.predict(point_coords=pt, box=box, multimask_output=True, embedding=emb)
+            col.add(_orig_logits(emb, torch.from_numpy(multi.logits)[None]), multi.scores, [f"mm{j}" for j in range(len(multi.scores))])
         if num_jitter > 0:
             rng = np.random.default_rng(oid * 7919 + _seed_for(emb))
             boxes = np.stack([_jitter(box, obj.shape, rng, jitter) for _ in range(num_jitter)])

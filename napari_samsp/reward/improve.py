@@ -74,6 +74,8 @@ class ImproveConfig:
         augment: the loop's augmentation (None: none, as before; chosen and rejected masks follow the image).
         reward: weights of the reward (lambda etc.).
         tta: flip candidates (one more encoder run per unlabeled image and round).
+        multimask: SAM's three multimask outputs in the candidate pools (and so as chosen / rejected masks);
+            None: only where they are trained (official SAM architectures, ``candidates.multimask_trained``).
     """
 
     steps: int = 100
@@ -95,6 +97,7 @@ class ImproveConfig:
     augment: AugmentConfig | None = None
     reward: RewardConfig = field(default_factory=RewardConfig)
     tta: bool = False
+    multimask: bool | None = None
     seed: int = 0
     max_side: int = 512
 
@@ -248,12 +251,13 @@ def _pseudo_set(model: SamModel, run: _Run, r: int) -> tuple[list[PseudoExample]
     """Score every unlabeled image with the current model; -> its pseudo-labelled examples, calibrated?"""
     cfg = run.cfg
     predictor = Predictor(model.eval(), run.cache_id, run.cache)
-    cal = run.calibrator or fit_calibrator(predictor, run.store_dirs, run.num_passes, cfg.reward, cfg.max_side)
+    cal = run.calibrator or fit_calibrator(predictor, run.store_dirs, run.num_passes, cfg.reward, cfg.max_side,
+                                           multimask=cfg.multimask)
     pseudo: list[PseudoExample] = []
     for i, rgb in enumerate(run.images):
         if run.should_cancel is not None and run.should_cancel():
             raise TrainingCancelled(f"self-improvement cancelled in round {r}")
-        sc = score_image(predictor, rgb, cal, run.num_passes, cfg.tta, max_side=None)
+        sc = score_image(predictor, rgb, cal, run.num_passes, cfg.tta, max_side=None, multimask=cfg.multimask)
         ci, ri = sc.chosen, sc.rejected
         conf = float(cal.expected_dice(cfg.reward.self_score(sc.self_feats[ci]), cfg.reward.evidence_score(sc.evidence_feats[ci]))[0])
         if run.progress:

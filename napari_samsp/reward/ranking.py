@@ -96,14 +96,17 @@ def score_image(
     max_side: int | None = 512,
     mode: str = "semantic",
     protos_override: EmbeddingPrototypes | None = None,
+    multimask: bool | None = None,
 ) -> ImageScore:
     """Candidates, features and the calibrated reward of one image (the predictor is not changed).
 
     In ``instance`` mode the image's numbers are the area-weighted means over its objects,
     each object scored on its own candidate pool (``ImageScore.objects``: id -> (expected Dice, pool reward)).
+    ``multimask``: put SAM's three multimask outputs into the pools; None: only where they are trained
+    (``candidates.multimask_trained``: official SAM architectures).
     """
     rgb = prepare_image(_load(image), max_side)
-    return _score_embedding(predictor, predictor.embed(rgb), calibrator, num_passes, tta, mode, protos_override)
+    return _score_embedding(predictor, predictor.embed(rgb), calibrator, num_passes, tta, mode, protos_override, multimask)
 
 
 def _score_embedding(
@@ -114,13 +117,14 @@ def _score_embedding(
     tta: bool,
     mode: str,
     protos_override: EmbeddingPrototypes | None,
+    multimask: bool | None = None,
 ) -> ImageScore:
     """:func:`score_image` on the embedding of an image already prepared (``emb.rgb``)."""
     cal = calibrator or RewardCalibrator()
     cfg = cal.config
     protos = protos_override if protos_override is not None else cal.protos
     rgb = emb.rgb
-    cands = generate_candidates(predictor, emb, num_passes=num_passes, tta=tta)
+    cands = generate_candidates(predictor, emb, num_passes=num_passes, multimask=multimask, tta=tta)
     cues = ImageCues.from_rgb(rgb)
     sf, bc, pooled = _features(predictor, emb, cands, cues)
     similarity = embedding_score(pooled[0], pooled[1], protos)[:, None]
@@ -143,13 +147,14 @@ def _score_embedding(
         pooled=pooled,
     )
     if mode == "instance":
-        _score_objects(predictor, emb, result, cal, protos, num_passes)
+        _score_objects(predictor, emb, result, cal, protos, num_passes, multimask)
     elif mode != "semantic":
         raise ValueError(f"mode must be 'semantic' or 'instance', got {mode!r}")
     return result
 
 
-def _score_objects(predictor: Predictor, emb: Embedding, result: ImageScore, cal: RewardCalibrator, protos, num_passes: int) -> None:
+def _score_objects(predictor: Predictor, emb: Embedding, result: ImageScore, cal: RewardCalibrator, protos, num_passes: int,
+                   multimask: bool | None = None) -> None:
     from ..autoseg import segment
 
     seg = segment(predictor, emb, mode="instance", num_passes=num_passes)
@@ -158,7 +163,7 @@ def _score_objects(predictor: Predictor, emb: Embedding, result: ImageScore, cal
     cues = ImageCues.from_rgb(result.rgb)
     cfg = cal.config
     vals, weights = [], []
-    for oid, cands in object_candidates(predictor, seg.labels, embedding=emb).items():
+    for oid, cands in object_candidates(predictor, seg.labels, embedding=emb, multimask=multimask).items():
         sf, bc, pooled = _features(predictor, emb, cands, cues)
         ef = np.concatenate([bc, embedding_score(pooled[0], pooled[1], protos)[:, None]], axis=1)
         s, e = cfg.self_score(sf), cfg.evidence_score(ef)
@@ -226,12 +231,13 @@ def store_pairs(store, split: str = "auto", min_samples: int = 5) -> list[tuple[
 
 def collect_store_samples(
     predictor: Predictor, store, num_passes: int, config: RewardConfig | None = None,
-    max_side: int | None = 512, split: str = "auto", limit: int | None = None,
+    max_side: int | None = 512, split: str = "auto", limit: int | None = None, multimask: bool | None = None,
 ) -> StoreSamples:
     """Score the automatic mask of every corrected image and its true Dice against the correction.
 
     The embedding-similarity evidence of each sample uses prototypes of the *other* samples
-    (leave-one-out), so a sample never rates itself.
+    (leave-one-out), so a sample never rates itself. ``multimask``: as for :func:`score_image` (the
+    calibration must see the candidate pools that scoring uses: they change the agreement feature).
     """
     cfg = config or RewardConfig()
     pairs = store_pairs(store, split, cfg.min_samples)[: limit or None]
@@ -242,7 +248,8 @@ def collect_store_samples(
         rgb = prepare_image(image, max_side)
         gt = _resize_mask(np.asarray(labels) > 0, rgb.shape[:2])
         emb = predictor.embed(rgb)
-        sc = _score_embedding(predictor, emb, RewardCalibrator(cfg), num_passes, False, "semantic", EmbeddingPrototypes())
+        sc = _score_embedding(predictor, emb, RewardCalibrator(cfg), num_passes, False, "semantic", EmbeddingPrototypes(),
+                              multimask)
         gfg, gbg = pooled_embeddings(emb.features.embeddings, gt[None], emb.transform.resized_size, predictor.model.img_size)
         protos.add(gfg[0], gbg[0])
         a = sc.candidates.auto_index
@@ -271,18 +278,19 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def fit_calibrator(
     predictor: Predictor, store, num_passes: int = DEFAULT_NUM_PASSES, config: RewardConfig | None = None,
-    max_side: int | None = 512, split: str = "auto", select_lambda: bool = False,
+    max_side: int | None = 512, split: str = "auto", select_lambda: bool = False, multimask: bool | None = None,
 ) -> RewardCalibrator:
     """A :class:`RewardCalibrator` for the predictor's model from the corrected masks of ``store``.
 
     Fewer than ``config.min_samples`` corrected images: uncalibrated (prior), with a warning.
     The result's ``samples`` attribute holds the :class:`StoreSamples` used. ``select_lambda``: choose
     lambda from ``calibration.LAMBDA_GRID`` on these samples instead of using ``config.lam``.
+    ``multimask``: the candidate pools' multimask outputs, as for :func:`score_image`.
     """
     from .calibration import LAMBDA_GRID
 
     cfg = config or RewardConfig()
-    samples = collect_store_samples(predictor, store, num_passes, cfg, max_side, split)
+    samples = collect_store_samples(predictor, store, num_passes, cfg, max_side, split, multimask=multimask)
     cal = RewardCalibrator(cfg).fit(samples.self_scores, samples.evidence_scores, samples.dice,
                                     LAMBDA_GRID if select_lambda else None)
     cal.protos = samples.protos if samples.protos.count else None
