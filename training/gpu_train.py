@@ -4,7 +4,7 @@
     python training/gpu_train.py --pack datapack/pack.npz --out "$OUT" --budget-s 420 --batch-size 64
 
 It runs the one training loop (``napari_samsp.finetune.loop.train``) with the objective of
-``--config`` (default ``training/configs/v3_interactive.json``: interactive prompts + the
+``--config`` (default ``training/configs/gpu_interactive.json``: interactive prompts + the
 prompt-free self-prompting path), bf16 autocast on CUDA, a large batch and
 ``TrainConfig.max_seconds`` as the budget (the LR schedule anneals over that time). Then it
 evaluates on the pack's ``val`` rows -- prompt-free Dice per domain, NoC@85/90 and IoU after
@@ -201,7 +201,7 @@ def join_shards(folder: str | Path, target: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", type=Path, default=REPO / "datapack" / "pack.npz")
-    ap.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "v3_interactive.json",
+    ap.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "gpu_interactive.json",
                     help="objective / trainable / domain weights come from here")
     ap.add_argument("--init", default=None, help="parent model (default: the config's init)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu")))
