@@ -47,6 +47,28 @@ def test_export_checkpoint_writes_the_final_weights_with_the_parents_card(tmp_pa
         assert torch.equal(v, final[k]), k
 
 
+def test_card_metrics_come_from_the_evaluation_files(tmp_path):
+    """The shipped card's metrics are copied from evaluate_model.py outputs, not typed in."""
+    from export_checkpoint import card_metrics
+
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps({"mean_dice": 0.61234, "settings": {"limit": None}, "datasets": {
+        "nuc": {"dice": 0.87456, "instance_f1@0.5": 0.79123, "mode": "instance", "per_image_dice": {"a": 1.0}},
+        "head": {"dice": 0.5, "mode": "semantic"}}}))
+    inter = tmp_path / "l20.json"
+    inter.write_text(json.dumps({"settings": {"limit": 20}, "datasets": {
+        "nuc": {"dice": 0.8, "noc": {"iou@1": 0.6049, "iou@5": 0.74, "noc@85": 11.05, "other": 3},
+                "box": {"box_iou": 0.63, "confined_box_outside": 0.0, "n": 50}},
+        "head": {"dice": 0.9}}}))
+    m = card_metrics(full, inter)
+    assert m["full_val"]["nuc"] == {"dice": 0.875, "instance_f1@0.5": 0.791, "mode": "instance"}
+    assert m["full_val"]["mean_dice"] == 0.612 and "limit" in m["full_val"]["source"]
+    assert m["interactive"]["nuc"] == {"iou@1": 0.605, "iou@5": 0.74, "noc@85": 11.05, "box_iou": 0.63,
+                                       "confined_box_outside": 0.0}
+    assert m["interactive"]["head"] == {} and m["first_click_iou"] == {"nuc": 0.605}
+    assert set(card_metrics(full, None)) == {"full_val"}
+
+
 def test_kinds_split_groups_stems_by_kind_and_split(tmp_path):
     from loop_curve import kinds_split
 
