@@ -423,6 +423,7 @@ def propagate_object(
     *,
     min_overlap: float = 0.2,
     min_inside: float = 0.4,
+    max_on_others: float = 0.5,
     use_point: bool = True,
     multimask: bool = False,
     tile: int | None = None,
@@ -439,8 +440,10 @@ def propagate_object(
     from slice to slice, it does not jump. A direction stops at the stack end, after
     ``max_slices``, or when the object vanishes or leaks: fewer than ``min_area`` px,
     an IoU with the previous slice below ``min_overlap``, less than ``min_inside`` of the
-    new mask on the previous one (it moved onto a neighbour), or a size change beyond
-    ``max_growth`` x either way.
+    new mask on the previous one (it moved onto a neighbour), more than ``max_on_others`` of it
+    on other objects already in ``labels`` on that slice (it ran on into the object above or
+    below, which 2D prompts cannot tell from this one), or a size change beyond ``max_growth``
+    x either way.
 
     The previous slice's logits are not used as a dense prompt: with a box on a new
     slice they made SAM-style decoders return a blob (issue 11). Measured on real
@@ -468,7 +471,7 @@ def propagate_object(
     todo = [d for d in (1, -1) if 0 <= z0 + d < num_planes]
     total = sum(min(limit, (num_planes - 1 - z0) if d > 0 else z0) for d in todo)
     carry = _Carry(predictor, planes, num_planes, limit, min_area, max_growth, min_overlap, min_inside,
-                   use_point, multimask, tile, overlap, progress, cancel, total)
+                   use_point, multimask, tile, overlap, progress, cancel, total, labels, label_id, max_on_others)
     out: dict[int, np.ndarray] = {}
     for d in todo:
         carry.one_way(mask0, z0, d, out)
@@ -496,7 +499,18 @@ class _Carry:
     progress: Callable[[int, int], None] | None
     cancel: Callable[[], bool] | None
     total: int
+    labels: np.ndarray | None = None
+    label_id: int = 0
+    max_on_others: float = 1.0
     done: int = 0
+
+    def on_others(self, best: np.ndarray, z: int, win) -> float:
+        """Share of the (h, w) ``best`` (window ``win`` of slice ``z``) on objects other than ``label_id``."""
+        n = int(best.sum())
+        if self.labels is None or not n:
+            return 0.0
+        there = np.asarray(self.labels[z][win.slices])
+        return int(np.count_nonzero(best & (there != 0) & (there != self.label_id))) / n
 
     def keeps(self, best: np.ndarray | None, best_iou: float, prev: np.ndarray, area: int) -> bool:
         """Whether the (h, w) candidate ``best`` continues the object whose (h, w) mask was ``prev`` (``area`` px)."""
@@ -520,7 +534,7 @@ class _Carry:
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.total)
-            if not self.keeps(best, best_iou, mask[win.slices], area):
+            if not self.keeps(best, best_iou, mask[win.slices], area) or self.on_others(best, z, win) > self.max_on_others:
                 break
             new = np.zeros((h, w), bool)
             new[win.slices] = best

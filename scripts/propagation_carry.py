@@ -39,8 +39,12 @@ def shifted_stack(image: np.ndarray, labels: np.ndarray, depth: int, shift: int)
     return planes, np.stack([labels[:, z * shift : z * shift + width] for z in range(depth)])
 
 
-def carry(predictor, planes: list[np.ndarray], labels: np.ndarray, max_objects: int, **options) -> dict:
-    """Propagate every object (up to ``max_objects``) of ``labels`` from its largest slice."""
+def carry(predictor, planes: list[np.ndarray], labels: np.ndarray, max_objects: int, others_known: bool = True,
+          **options) -> dict:
+    """Propagate every object (up to ``max_objects``) of ``labels`` from its largest slice.
+
+    ``others_known``: the labels layer holds every other object too (after auto-segmentation),
+    else only the propagated one (a user who annotates objects one by one)."""
     from napari_samsp.interactive import propagate_object
 
     n = len(planes)
@@ -49,7 +53,8 @@ def carry(predictor, planes: list[np.ndarray], labels: np.ndarray, max_objects: 
     for i in ids:
         areas = [(labels[z] == i).sum() for z in range(n)]
         z0 = int(np.argmax(areas))
-        out = propagate_object(predictor, lambda z: planes[z], n, labels, z0, i, **options)
+        given = labels if others_known else np.where(labels == i, labels, 0)
+        out = propagate_object(predictor, lambda z: planes[z], n, given, z0, i, **options)
         possible += sum(1 for z in range(n) if z != z0 and areas[z] > 0)
         reached += len(out)
         good = 0
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         "--multimask", choices=("default", "on", "off"), default="default",
         help="propagate_object(multimask=...): the box's three candidate masks; 'default' passes nothing",
     )
+    parser.add_argument("--others", choices=("known", "unknown"), default="known",
+                        help="the labels hold every other object (known) or only the propagated one")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
 
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     stack, truth = synthetic_nuclei_stack((12, 128, 128), n=14, seed=0)
     norm = StackNormaliser(stack)
-    rows["3D sample (12 x 128 x 128)"] = carry(predictor, [norm.plane(z) for z in range(12)], truth, args.max_objects, **options)
+    rows["3D sample (12 x 128 x 128)"] = carry(predictor, [norm.plane(z) for z in range(12)], truth, args.max_objects, args.others == "known", **options)
     if args.data:
         root = Path(args.data)
         for name in ("dsb2018_nuclei", "hc18_fetal_head_us"):
@@ -115,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             for path in images:
                 image, mask = read_image(path), read_mask(root / name / "masks" / f"{path.stem}.png")
                 planes, labels = shifted_stack(image, mask, args.depth, args.shift)
-                for key, value in carry(predictor, planes, labels, args.max_objects, **options).items():
+                for key, value in carry(predictor, planes, labels, args.max_objects, args.others == "known", **options).items():
                     if key != "carried_fraction":
                         total[key] = total.get(key, 0) + value
             total["carried_fraction"] = round(total["carried"] / total["possible"], 3) if total.get("possible") else None
             rows[f"{name}: {len(images)} images, {args.depth} slices shifted {args.shift} px"] = total
     seconds = time.perf_counter() - t0
-    print(f"model {loaded.model_id}{'' if not options else f' {options}'}; {seconds:.0f} s on {os.cpu_count()} CPU core(s), one torch thread")
+    print(f"model {loaded.model_id}{'' if not options else f' {options}'}, other objects {args.others}; {seconds:.0f} s on {os.cpu_count()} CPU core(s), one torch thread")
     print(f"{'stack':58s} objects possible reached carried objects_carried")
     for key, r in rows.items():
         print(f"{key:58s} {r['objects']:7d} {r['possible']:8d} {r['reached']:7d} {r['carried']:7d} {r['objects_carried']:15d}")

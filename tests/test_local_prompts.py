@@ -258,6 +258,22 @@ def test_propagation_stops_where_the_object_ends(default_predictor):
     assert len(good) >= len(present) - 1
 
 
+def test_propagation_stops_at_another_object_already_labelled(default_predictor):
+    """Nucleus 5 of the 3D sample lies over nucleus 13 in z: with 13 in the labels, propagation stops
+    at it instead of carrying 5 onto 13's slices (2D prompts cannot tell the two apart); without the
+    rule (``max_on_others=1``) it runs on."""
+    stack, gt = synthetic_nuclei_stack((12, 128, 128), n=14, seed=0)
+    norm = StackNormaliser(stack)
+    areas = [(gt[z] == 5).sum() for z in range(12)]
+    z0 = int(np.argmax(areas))
+    present = {z for z in range(12) if areas[z]}
+    stopped = propagate_object(default_predictor, norm.plane, 12, gt, z0, 5)
+    assert all(not ((m & (gt[z] != 0) & (gt[z] != 5)).sum() > 0.5 * m.sum()) for z, m in stopped.items())
+    assert set(stopped) <= present
+    ran_on = propagate_object(default_predictor, norm.plane, 12, gt, z0, 5, max_on_others=1.0)
+    assert set(ran_on) - present, "the sample no longer runs on: pick another object for this test"
+
+
 def test_propagation_in_windows_matches_the_object(default_predictor):
     """A stack of large planes is propagated in windows around the object (never the whole plane)."""
     tile, tile_gt = synthetic_nuclei((128, 128), n=10, seed=5)
