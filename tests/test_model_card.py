@@ -30,8 +30,8 @@ def test_the_embedded_default_card_loads_with_its_own_values():
     assert card.config_name == "samunet_tiny" and card.input_size == 256
     assert card.mode == "instance" and card.num_passes == 2 and card.refine_instances is False
     assert card.preprocessing == "samsp-v1" and card.version == d["version"] and card.parent == d["parent"]
-    assert card.steps == 6293 and [e["count"] for e in card.training_data] == [411, 1016, 651]  # v3
-    assert card.metrics["full_val"]["mean_dice"] == 0.645 and card.parent == "2a9a56495239450a86d6154fd35d37e2"
+    assert card.steps == 7765 and [e["count"] for e in card.training_data] == [411, 1016, 651]  # v3.1
+    assert card.metrics["full_val"]["mean_dice"] == 0.646 and card.parent == "2493961e5f094a668c89c76072de7ab2"
     assert set(card.extra) == {"checkpoint", "license_note", "note", "recipe", "refine_instances_note"}
 
 
