@@ -101,6 +101,8 @@ def test_decoder_stage_runs_two_variants_and_reports_paired_differences(tmp_path
     assert all(not torch.equal(dec_base[k], dec_t[k].to(dec_base[k].dtype)) for k in dec_base)
     table = (runs / "table.md").read_text()
     assert "`k1`" in table and "Δ mean (vs `k2_ref`)" in table
+    rows = table.splitlines()
+    assert len({r.count("|") for r in rows}) == 1  # header, separator and rows have the same columns
     mean, se, n = ablation.paired_difference(k1, ref, "discs_a")
     assert n == 2
     diffs = [k1["datasets"]["discs_a"]["per_image_dice"][s] - ref["datasets"]["discs_a"]["per_image_dice"][s]

@@ -402,7 +402,7 @@ def decoder_markdown(results: dict[str, dict], ref_name: str = "k2_ref") -> str:
     head = ("| variant | what changes | " + " | ".join(f"Dice {SHORT.get(s, s)}" for s in sets)
             + " | F1@0.5 nuclei | mean Dice | " + " | ".join(f"Δ {SHORT.get(s, s)}" for s in sets)
             + f" | Δ mean (vs `{ref_name}`) | steps | train min |")
-    lines = [head, "|" + "---|" * (6 + 2 * len(sets))]
+    lines = [head, "|" + "---|" * (7 + 2 * len(sets))]
     for name, r in results.items():
         d = r["datasets"]
         f1 = d.get("dsb2018_nuclei", {}).get("instance_f1@0.5")
