@@ -22,7 +22,7 @@ branch, and every variant re-learns a freshly initialised mask decoder + prompt 
 cached features (one ``feature_cache`` shared by all variants of the process), prompt-free
 objective only. Evaluation is prompt-free (no NoC, no boxes) with per-image Dice kept, so the
 report gives paired differences against ``k2_ref``; ``v3_default`` evaluates the shipped model
-itself on the same images (the reference ceiling).
+itself on the same images (what its longer-trained decoder reaches on the same features).
 
     python training/ablation.py --stage decoder --runs runs/ablation_decoder
 """
@@ -234,6 +234,7 @@ def _default_model(cache: dict, name: str):
 
 def run_decoder_variant(cfg: dict, out: Path, cache: dict, log) -> dict:
     """Decoder stage: re-learn the decoder + prompt encoder on the frozen default's cached features."""
+    from napari_samsp.finetune.data import AugmentConfig
     from napari_samsp.finetune.loop import Callbacks, TrainConfig, encoder_is_frozen, train
     from napari_samsp.finetune.objective import ObjectiveConfig
     from napari_samsp.models.checkpoints import save_model
@@ -254,8 +255,6 @@ def run_decoder_variant(cfg: dict, out: Path, cache: dict, log) -> dict:
     train_ex = cache["examples"]
     features = cache.setdefault("features", {})  # one embedding per image, shared by every variant
     model = decoder_stage_model(base, cfg["seed"])
-    from napari_samsp.finetune.data import AugmentConfig
-
     tcfg = TrainConfig(
         steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"],
         trainable=("prompt_encoder", "mask_decoder"), objective=ObjectiveConfig(**cfg["objective"]),
