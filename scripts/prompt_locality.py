@@ -1,8 +1,8 @@
 """Do box and click prompts stay on their object? Numbers for docs/PLUGIN.md (issue 11, breaks 3 and 5).
 
 1. Boxes on real nuclei (DSB2018 val images, the largest nucleus of each): the raw decoded
-   mask against what the annotator paints (``confine_mask``: inside the box grown by its
-   margin, one object): pieces, pixels outside the grown box, IoU with the truth.
+   mask against what the annotator paints (``confine_mask`` with the plugin's
+   ``USER_BOX_MARGIN``: inside the box, one object): pieces, pixels outside the box, IoU with the truth.
 2. Clicks on a large image (DSB2018 images tiled into ``--large`` px squares, a click at the
    centre of nuclei near the middle): the whole plane shrunk to the model input (before) against
    the decoding window of ``choose_window`` (after): mask size, IoU, time per click.
@@ -46,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     from napari_samsp.autoseg import default_tiling
     from napari_samsp.interactive import StackNormaliser, prompts_on_plane
     from napari_samsp.io import read_image, read_mask, read_splits
-    from napari_samsp.local_prompts import WindowedEditor, _grown_box, choose_window, confine_mask, prompt_extent
+    from napari_samsp.local_prompts import (
+        USER_BOX_MARGIN,
+        WindowedEditor,
+        _grown_box,
+        choose_window,
+        confine_mask,
+        prompt_extent,
+    )
     from napari_samsp.models.checkpoints import load_model
     from napari_samsp.predictor import EmbeddingCache, Predictor
 
@@ -67,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts = prompts_on_plane(None, None, [np.array([[rows.min(), cols.min()], [rows.max(), cols.max()]], float)])
         predictor.set_image(image)
         raw = predictor.predict(box=prompts.box).masks[0]
-        confined = confine_mask(raw, prompts)
-        r0, r1, c0, c1 = _grown_box(prompts.box, raw.shape, None)
+        confined = confine_mask(raw, prompts, margin=USER_BOX_MARGIN)
+        r0, r1, c0, c1 = _grown_box(prompts.box, raw.shape, USER_BOX_MARGIN)
         inside = np.zeros_like(raw)
         inside[r0:r1, c0:c1] = True
         for mask, out in ((raw, raw_rows), (confined, conf_rows)):
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, rows_ in (("raw model mask", raw_rows), ("painted (confined)", conf_rows)):
         a = np.array(rows_, float)
         print(
-            f"   {name:20s} pieces {np.median(a[:, 0]):5.0f}  px outside grown box {np.median(a[:, 1]):7.0f}  "
+            f"   {name:20s} pieces {np.median(a[:, 0]):5.0f}  px outside the box {np.median(a[:, 1]):7.0f}  "
             f"IoU {np.median(a[:, 2]):.2f}  images with px outside: {int((a[:, 1] > 0).sum())}/{len(a)}"
         )
 
