@@ -235,6 +235,50 @@ def mask_logits_low_res(mask: torch.Tensor, low_res: int, magnitude: float = 8.0
     return (frac * 2 - 1) * magnitude
 
 
+def _propagation_prompt(
+    m: torch.Tensor,
+    foreground: torch.Tensor,
+    gen: torch.Generator,
+    low_res: int,
+    mask_logit: float,
+    absent_prob: float,
+    point_prob: float,
+    mask_drop: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, torch.Tensor | None]:
+    """One ``propagate`` first prompt for the (S, S) bool object ``m`` (see :func:`simulate_interactive_prompts`).
+
+    With ``absent_prob`` it is *absent*: the previous slice's object is moved onto background
+    (:func:`_absent_placement`) and the target is empty, as on the slice after an object's last
+    one -- without such prompts a model learns that the propagation prompt always holds an object
+    and carries it on past its end. ``point_prob`` adds a positive point at the previous mask's
+    innermost pixel and ``mask_drop`` drops the logits, so the prompt sets
+    :func:`~napari_samsp.interactive.propagate_object` sends (box; box + point) are trained too.
+
+    Returns:
+        (target (S, S) bool -- empty when absent, box (4,), logits (1, L, L), whether the logits
+        are sent, the positive point (2,) (x, y) or None).
+    """
+    from ..interactive import innermost_pixel, mask_box
+
+    target = m
+    prev = perturbed_mask(m, gen)
+    if absent_prob > 0 and float(torch.rand(1, generator=gen)) < absent_prob:
+        moved = _absent_placement(prev, foreground, gen)
+        if moved is not None:
+            prev, target = moved, torch.zeros_like(m)
+    area = float(prev.sum())
+    box = torch.from_numpy(box_edges(mask_box(prev.numpy(), margin=max(2.0, 0.1 * area**0.5))))
+    low = mask_logits_low_res(prev, low_res, mask_logit)
+    point = None
+    if point_prob > 0 and float(torch.rand(1, generator=gen)) < point_prob:
+        r, c = innermost_pixel(prev.numpy())  # type: ignore[misc]
+        point = torch.tensor([c + 0.5, r + 0.5])
+    has_mask = True
+    if mask_drop > 0 and float(torch.rand(1, generator=gen)) < mask_drop:
+        low, has_mask = torch.zeros(1, low_res, low_res), False
+    return target, box, low, has_mask, point
+
+
 def simulate_interactive_prompts(
     labels: torch.Tensor,
     per_image: int,
@@ -255,13 +299,8 @@ def simulate_interactive_prompts(
     previous slice -- the box (grown by 10 % of sqrt(area), at least 2 px) and low-res logits
     of a shifted / dilated / eroded copy of the object.
 
-    A ``propagate`` prompt is, with ``absent_prob``, *absent*: the previous slice's object is
-    moved onto background (:func:`_absent_placement`) and the target is empty, as on the slice
-    after an object's last one -- without such prompts a model learns that the propagation
-    prompt always holds an object and carries it on past its end. ``propagate_point_prob``
-    adds a positive point at the previous mask's innermost pixel and ``propagate_mask_drop``
-    drops the logits, so the prompt sets :func:`~napari_samsp.interactive.propagate_object`
-    sends (box; box + point) are trained too. The defaults (0) keep the earlier draws.
+    ``absent_prob``, ``propagate_point_prob``, ``propagate_mask_drop``: see :func:`_propagation_prompt`
+    (the defaults, 0, keep the earlier draws).
 
     Args:
         labels: (B, S, S) int64 instance labels in the input frame.
@@ -269,8 +308,6 @@ def simulate_interactive_prompts(
     Returns:
         None when no image has an object.
     """
-    from ..interactive import innermost_pixel, mask_box
-
     b, s, _ = labels.shape
     probs = torch.tensor(kind_probs, dtype=torch.float64)
     if len(probs) != len(PROMPT_KINDS) or (probs < 0).any() or probs.sum() <= 0:
@@ -294,33 +331,14 @@ def simulate_interactive_prompts(
                 lab[0] = 1
             if name in ("box", "point+box"):
                 box = _jitter_box(_box(m), s, gen, box_jitter)
-            target = m
-            has_mask = name == "propagate"
+            target, has_mask = m, False
             if name == "propagate":
-                prev = perturbed_mask(m, gen)
-                if absent_prob > 0 and float(torch.rand(1, generator=gen)) < absent_prob:
-                    moved = _absent_placement(prev, labels[i] > 0, gen)
-                    if moved is not None:
-                        prev, target = moved, torch.zeros_like(m)
-                area = float(prev.sum())
-                box = torch.from_numpy(box_edges(mask_box(prev.numpy(), margin=max(2.0, 0.1 * area**0.5))))
-                low = mask_logits_low_res(prev, low_res, mask_logit)
-                if propagate_point_prob > 0 and float(torch.rand(1, generator=gen)) < propagate_point_prob:
-                    r, c = innermost_pixel(prev.numpy())  # type: ignore[misc]
-                    pts[0] = torch.tensor([c + 0.5, r + 0.5])
-                    lab[0] = 1
-                if propagate_mask_drop > 0 and float(torch.rand(1, generator=gen)) < propagate_mask_drop:
-                    low = torch.zeros(1, low_res, low_res)
-                    has_mask = False
-            rows["idx"].append(i)
-            rows["tgt"].append(target.float())
-            rows["kind"].append(kind)
-            rows["box"].append(box)
-            rows["hasbox"].append(name != "point")
-            rows["pts"].append(pts)
-            rows["lab"].append(lab)
-            rows["mask"].append(low)
-            rows["hasmask"].append(has_mask)
+                target, box, low, has_mask, point = _propagation_prompt(
+                    m, labels[i] > 0, gen, low_res, mask_logit, absent_prob, propagate_point_prob, propagate_mask_drop)
+                if point is not None:
+                    pts[0], lab[0] = point, 1
+            for key, value in zip(rows, (i, target.float(), kind, box, name != "point", pts, lab, low, has_mask)):
+                rows[key].append(value)
     if not rows["idx"]:
         return None
     return InteractiveBatch(
