@@ -425,7 +425,7 @@ def propagate_object(
     min_inside: float = 0.4,
     max_on_others: float = 0.5,
     use_point: bool = True,
-    multimask: bool = False,
+    multimask: bool | None = None,
     tile: int | None = None,
     overlap: int | None = None,
 ) -> dict[int, np.ndarray]:
@@ -454,9 +454,10 @@ def propagate_object(
         planes: ``planes(z)`` -> the uint8 plane the model sees, (H, W) or (H, W, 3).
         labels: (Z, H, W) labels (read only).
         start_logits: ignored (kept for callers of the earlier version).
-        multimask: decode the box with SAM's three candidate masks. Only for official SAM
-            weights: our models train the single-mask output alone, and their untrained
-            candidates carried objects past their last slice (``scripts/propagation_carry.py``).
+        multimask: decode the box with SAM's three candidate masks; None: only where they are
+            trained (:func:`napari_samsp.models.build.multimask_trained`: official SAM architectures).
+            Our models train the single-mask output alone, and their untrained candidates carried
+            objects past their last slice (``scripts/propagation_carry.py``).
         tile, overlap: decode planes larger than ``tile`` in a window around the object
             (:func:`napari_samsp.local_prompts.choose_window`); None decodes whole planes.
 
@@ -468,6 +469,10 @@ def propagate_object(
     if not mask0.any():
         raise InputImageError(f"label {label_id} is not on slice {z0}: nothing to propagate")
     limit = num_planes if max_slices is None else int(max_slices)
+    if multimask is None:
+        from .models.build import multimask_trained
+
+        multimask = multimask_trained(predictor.model)
     todo = [d for d in (1, -1) if 0 <= z0 + d < num_planes]
     total = sum(min(limit, (num_planes - 1 - z0) if d > 0 else z0) for d in todo)
     carry = _Carry(predictor, planes, num_planes, limit, min_area, max_growth, min_overlap, min_inside,
@@ -499,15 +504,15 @@ class _Carry:
     progress: Callable[[int, int], None] | None
     cancel: Callable[[], bool] | None
     total: int
-    labels: np.ndarray | None = None
-    label_id: int = 0
-    max_on_others: float = 1.0
+    labels: np.ndarray
+    label_id: int
+    max_on_others: float
     done: int = 0
 
     def on_others(self, best: np.ndarray, z: int, win) -> float:
         """Share of the (h, w) ``best`` (window ``win`` of slice ``z``) on objects other than ``label_id``."""
         n = int(best.sum())
-        if self.labels is None or not n:
+        if not n:
             return 0.0
         there = np.asarray(self.labels[z][win.slices])
         return int(np.count_nonzero(best & (there != 0) & (there != self.label_id))) / n

@@ -319,13 +319,11 @@ class CorrectPanel(QWidget):
         from ..autoseg import default_tiling
 
         _, tile, overlap = default_tiling(predictor.model.img_size)
-        official = s.official_weights  # read here: the worker must not touch the session
 
         def work(ctx):
             return propagate_object(
                 predictor, ws.model_plane, ws.num_planes, labels, z0, label_id,
                 progress=ctx.report, cancel=ctx.cancelled, tile=tile, overlap=overlap,
-                multimask=official,
             )
 
         def done(masks):

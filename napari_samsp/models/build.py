@@ -173,6 +173,13 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
 }
 
 
+def multimask_trained(model) -> bool:
+    """Whether ``model``'s three multimask outputs were trained (``SamConfig.multimask_trained``: official
+    SAM, MedSAM, micro-sam and their fine-tunes); False for our own configs and a model without a config.
+    The one rule for every caller that would use SAM's three candidate masks (reward pools, propagation)."""
+    return bool(getattr(getattr(model, "config", None), "multimask_trained", False))
+
+
 def get_config(name: str) -> SamConfig:
     """Look up a named config, with a readable error for unknown names."""
     try:

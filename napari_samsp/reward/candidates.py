@@ -31,6 +31,7 @@ from scipy import ndimage
 from segment_anything.utils.amg import calculate_stability_score
 
 from ..embedding import Embedding
+from ..models.build import multimask_trained
 from ..models.card import DEFAULT_NUM_PASSES
 from ..models.sam_sp import SamSP
 from ..predictor import Predictor, as_plane
@@ -142,12 +143,6 @@ class _Collector:
             auto_index=auto_index,
             object_id=object_id,
         )
-
-
-def multimask_trained(model) -> bool:
-    """Whether ``model``'s three multimask outputs were trained (``SamConfig.multimask_trained``: official
-    SAM, MedSAM, micro-sam and their fine-tunes); False for our own configs and a model without a config."""
-    return bool(getattr(getattr(model, "config", None), "multimask_trained", False))
 
 
 def _seed_for(emb: Embedding) -> int:
