@@ -33,6 +33,7 @@ __all__ = [
     "iou_matrix",
     "match_mask_sets",
     "instance_f1",
+    "next_click",
     "simulate_clicks",
     "noc",
     "noc_summary",
@@ -275,8 +276,20 @@ def _inner_distance(region: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
 
 
-def _next_click(gt: np.ndarray, pred: np.ndarray, clicked: np.ndarray) -> tuple[int, int, bool] | None:
-    """RITM/SAM clicker: the error pixel deepest inside its error region. Returns (row, col, positive)."""
+def next_click(gt: np.ndarray, pred: np.ndarray, clicked: np.ndarray | None = None) -> tuple[int, int, bool] | None:
+    """RITM/SAM clicker: the error pixel deepest inside its error region.
+
+    Args:
+        gt, pred: (H, W) bool object and prediction.
+        clicked: (H, W) bool pixels clicked before (not clicked again while other error pixels remain).
+
+    Returns:
+        (row, col, positive), or None when the prediction is exact. The simulated user of
+        :func:`simulate_clicks`, and the corrective clicker of interactive training
+        (:func:`napari_samsp.finetune.prompts.corrective_clicks`).
+    """
+    if clicked is None:
+        clicked = np.zeros_like(gt)
     fn = gt & ~pred
     fp = pred & ~gt
     if not fn.any() and not fp.any():
@@ -362,7 +375,7 @@ def simulate_clicks(
         ious.append(iou(mask, g))
         if ious[-1] >= targets[-1]:
             break
-        click = _next_click(g, mask, clicked)
+        click = next_click(g, mask, clicked)
 
     result: dict = {}
     for t in targets:

@@ -239,6 +239,25 @@ def test_corrective_clicks_go_to_the_larger_error():
     assert labels[2, 0] == -1  # perfect prediction: a padding point only
 
 
+def test_deepest_corrective_clicks_are_the_noc_clicker():
+    """With deepest_prob=1 the click is the NoC clicker's: the centre of the thick miss, not the thin sliver."""
+    s = 40
+    targets = torch.zeros(2, 1, s, s)
+    targets[:, 0, 4:36, 4:36] = 1
+    pred = _perfect_logits(targets)
+    pred[:, 0, 10:20, 10:20] = -50  # a thick 10 x 10 hole (depth 5) ...
+    pred[:, 0, 4:36, 30:36] = -50  # ... and a larger but thin 32 x 6 sliver (depth 3)
+    coords, labels = corrective_clicks(pred, targets, torch.Generator().manual_seed(0), deepest_prob=1.0)
+    for n in range(2):
+        x, y = (float(v) for v in coords[n, 0])
+        assert labels[n, 0] == 1
+        assert 14 <= x <= 16 and 14 <= y <= 16, (x, y)  # the hole's centre (pixel centres + 0.5)
+    random_coords, _ = corrective_clicks(pred, targets, torch.Generator().manual_seed(0), deepest_prob=0.0)
+    # SAM's clicker is uniform over the error pixels: drawn over many sets it reaches the sliver
+    many = corrective_clicks(pred.repeat(25, 1, 1, 1), targets.repeat(25, 1, 1, 1), torch.Generator().manual_seed(1))[0]
+    assert (many[:, 0, 0] >= 30).any() and random_coords.shape == coords.shape
+
+
 # ----------------------------------------------------------------------------- the objective
 
 

@@ -28,6 +28,8 @@ class ObjectiveConfig:
     prompts_per_image: int = 4
     # Corrective clicks after the first prompt (SAM used 8 + 2 mask-only; see docs/BENCHMARKS.md).
     click_iterations: int = 1
+    # share of corrective clicks at the deepest error pixel (the NoC clicker) rather than a random one
+    click_deepest_prob: float = 0.0
     iou_weight: float = 1.0
     focal_alpha: float = 0.25
     # weights of the first prompt kinds: point, box, point+box, propagate (box + shifted-mask logits)
@@ -132,7 +134,7 @@ class SelfPromptObjective(nn.Module):
         up = logits = torch.empty(0)  # set by iteration 0, read by the corrective iterations after it
         for it in range(1 + cfg.click_iterations):
             if it > 0:
-                c, lab = corrective_clicks(up.detach().cpu(), batch.targets, self.gen)
+                c, lab = corrective_clicks(up.detach().cpu(), batch.targets, self.gen, cfg.click_deepest_prob)
                 if self.record_trace:
                     trace[-1]["clicks"] = (c, lab)
                 coords = torch.cat([coords, c.to(dev)], 1)

@@ -103,23 +103,39 @@ def simulate_prompts(
     )
 
 
-def corrective_clicks(pred_logits: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def corrective_clicks(
+    pred_logits: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, deepest_prob: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One corrective click per prompt set where the error is: (N, 1, 2) coords and (N, 1) labels.
 
     The click goes to a random pixel of the larger error type (missed foreground
-    -> positive, spurious foreground -> negative); no error -> padding point.
+    -> positive, spurious foreground -> negative), SAM's training clicker; or, with
+    probability ``deepest_prob``, to the pixel deepest inside the deepest error region
+    (:func:`napari_samsp.metrics.next_click`, the RITM clicker that NoC is measured with,
+    which targets thick misses rather than boundary slivers). No error -> padding point.
+
+    Args:
+        pred_logits: (N, 1, S, S) logits of the current prediction; targets: (N, 1, S, S) masks.
     """
+    from ..metrics import next_click
+
     pred = pred_logits[:, 0] > 0
     tgt = targets[:, 0] > 0.5
     coords = torch.zeros(len(pred), 1, 2)
     labels = torch.full((len(pred), 1), -1, dtype=torch.int64)
+    # drawn only when used, so recipes without it keep their exact random stream
+    deepest = torch.rand(len(pred), generator=gen) < deepest_prob if deepest_prob > 0 else torch.zeros(len(pred), dtype=torch.bool)
     for n in range(len(pred)):
         fn = tgt[n] & ~pred[n]
         fp = pred[n] & ~tgt[n]
         if fn.sum() == 0 and fp.sum() == 0:
             continue
-        positive = bool(fn.sum() >= fp.sum())
-        coords[n, 0] = _random_pixel(fn if positive else fp, gen)
+        if deepest[n]:
+            r, c, positive = next_click(tgt[n].numpy(), pred[n].numpy())  # type: ignore[misc]
+            coords[n, 0] = torch.tensor([c + 0.5, r + 0.5])  # pixel centre, as _random_pixel
+        else:
+            positive = bool(fn.sum() >= fp.sum())
+            coords[n, 0] = _random_pixel(fn if positive else fp, gen)
         labels[n, 0] = int(positive)
     return coords, labels
 
