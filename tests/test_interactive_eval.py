@@ -145,3 +145,26 @@ def test_sam_segmenter_clicks_as_shown_are_the_editors_confined_masks(micro_mode
     assert two.shape == (64, 64) and two.dtype == bool
     with pytest.raises(ValueError, match="clicks"):
         E.SamSegmenter(micro_model, "micro-test", clicks="other")
+
+
+def test_click_gallery_shows_the_editors_mask_after_each_simulated_click(micro_model):
+    """scripts/click_gallery.py draws, for each click, exactly what the plugin's ObjectEditor paints
+    for the simulated user's clicks so far (replayed here click by click)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import click_gallery
+
+    from napari_samsp.interactive import ObjectEditor, PromptSet
+    from napari_samsp.predictor import EmbeddingCache, Predictor
+    from napari_samsp.sample_data_gen import synthetic_nuclei
+
+    image, gt = synthetic_nuclei((64, 64), n=4, seed=0)
+    obj = gt == np.unique(gt[gt > 0])[0]
+    predictor = Predictor(micro_model, "micro-test", cache=EmbeddingCache(None, max_memory_entries=2))
+    masks, run = click_gallery.click_masks(predictor, image, obj, clicks=3)
+    assert len(masks) == len(run["ious"]) >= 1
+    editor = ObjectEditor(predictor, np.zeros((64, 64), np.uint32), 1, embedding=predictor.embed(image))
+    for k, mask in enumerate(masks, start=1):
+        clicks = np.asarray(run["clicks"][:k])
+        painted = editor.update(PromptSet(clicks[:, :2].astype(np.float32), clicks[:, 2].astype(np.int64))) == 1
+        np.testing.assert_array_equal(mask, painted)
+        assert M.iou(mask, obj) == pytest.approx(run["ious"][k - 1])
