@@ -30,8 +30,8 @@ def test_the_embedded_default_card_loads_with_its_own_values():
     assert card.config_name == "samunet_tiny" and card.input_size == 256
     assert card.mode == "instance" and card.num_passes == 2 and card.refine_instances is False
     assert card.preprocessing == "samsp-v1" and card.version == d["version"] and card.parent == d["parent"]
-    assert card.steps == 7765 and [e["count"] for e in card.training_data] == [411, 1016, 651]  # v3.1
-    assert card.metrics["full_val"]["mean_dice"] == 0.646 and card.parent == "2493961e5f094a668c89c76072de7ab2"
+    assert card.steps == 8826 and [e["count"] for e in card.training_data] == [411, 1016, 651]  # v3.2
+    assert card.metrics["full_val"]["mean_dice"] == 0.643 and card.parent == "425a2536dfd3433f8880a183d6db831d"
     assert set(card.extra) == {"checkpoint", "license_note", "note", "recipe", "refine_instances_note"}
 
 
