@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -24,23 +25,21 @@ SHOWN_CLICKS = (1, 5)
 HALF_WINDOW = 40  # px around the object's centre
 
 
-def click_masks(predictor, image: np.ndarray, obj: np.ndarray, clicks: int) -> tuple[list[np.ndarray], dict]:
-    """The painted mask after each simulated click (ObjectEditor, confined as the plugin shows it), and the run."""
+def click_masks(segmenter, image: np.ndarray, obj: np.ndarray, clicks: int) -> tuple[list[np.ndarray], dict]:
+    """The painted mask after each simulated click, and the run: ``segmenter`` is a
+    ``training/evaluate_model.SamSegmenter(..., clicks="shown")``, so each click goes through the
+    plugin's ObjectEditor exactly as ``evaluate_model.py --clicks shown`` scores it."""
     from napari_samsp import metrics
-    from napari_samsp.interactive import ObjectEditor, PromptSet
 
-    emb = predictor.embed(image)
+    predict = segmenter.click_predictor(image)
     masks: list[np.ndarray] = []
-    editor: list[ObjectEditor] = []
 
-    def predict(points, labels, prev):
-        if prev is None:
-            editor[:] = [ObjectEditor(predictor, np.zeros(emb.original_size, np.uint32), 1, embedding=emb)]
-        painted = editor[0].update(PromptSet(np.asarray(points, np.float32), np.asarray(labels, np.int64))) == 1
-        masks.append(painted)
-        return painted, editor[0].logits
+    def recorded(points, labels, prev):
+        mask, logits = predict(points, labels, prev)
+        masks.append(mask)
+        return mask, logits
 
-    run = metrics.simulate_clicks(predict, obj, max_clicks=clicks, iou_targets=(0.99,))
+    run = metrics.simulate_clicks(recorded, obj, max_clicks=clicks, iou_targets=(0.99,))
     return masks, run
 
 
@@ -59,27 +58,26 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
     import torch
 
-    from napari_samsp.io import list_pairs, read_image, read_mask, read_splits
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from common import val_pairs
+    from evaluate_model import SamSegmenter, pick_noc_object
+
+    from napari_samsp.io import read_image, read_mask
     from napari_samsp.models.checkpoints import load_model
-    from napari_samsp.predictor import EmbeddingCache, Predictor
 
     torch.set_num_threads(args.threads)
-    root = Path(args.data) / "dsb2018_nuclei"
-    pairs = {p.stem: p for p in list_pairs(root)}
-    stems = sorted(read_splits(root)["val"])
-    picks = [pairs[stems[i]] for i in np.linspace(0, len(stems) - 1, args.rows).round().astype(int)]
+    picks = val_pairs(Path(args.data) / "dsb2018_nuclei", args.rows)
     models = []
     for spec in args.models:
         name, _, path = spec.partition("=")
         lm = load_model(path or name, device="cpu")
-        models.append((name, Predictor(lm.model.eval(), lm.model_id, cache=EmbeddingCache(None, max_memory_entries=2))))
+        models.append((name, SamSegmenter(lm.model, lm.model_id, clicks="shown")))
 
     cols = 1 + len(models) * len(SHOWN_CLICKS)
     fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 1.9 * len(picks)), squeeze=False)
     for row, pair in enumerate(picks):
         image, gt = read_image(pair.image_path), read_mask(pair.mask_path)
-        ids, areas = np.unique(gt[gt > 0], return_counts=True)
-        obj = gt == ids[np.argsort(areas, kind="stable")[len(ids) // 2]]
+        obj = pick_noc_object(gt, instance=True)
         ys, xs = np.nonzero(obj)
         cy, cx = int(ys.mean()), int(xs.mean())
         y0, x0 = max(0, cy - HALF_WINDOW), max(0, cx - HALF_WINDOW)
@@ -87,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         axes[row, 0].imshow(image[view])
         axes[row, 0].contour(obj[view], [0.5], colors="lime", linewidths=0.8)
         axes[row, 0].set_title(f"{pair.stem[:8]} {image.shape[0]}x{image.shape[1]}", fontsize=7)
-        for m, (name, predictor) in enumerate(models):
-            masks, run = click_masks(predictor, image, obj, max(SHOWN_CLICKS))
+        for m, (name, segmenter) in enumerate(models):
+            masks, run = click_masks(segmenter, image, obj, max(SHOWN_CLICKS))
             for j, k in enumerate(SHOWN_CLICKS):
                 ax = axes[row, 1 + m * len(SHOWN_CLICKS) + j]
                 k = min(k, len(masks))  # a run that reached the target stops early

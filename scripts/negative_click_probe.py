@@ -16,6 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    from evaluate_model import pick_noc_object
+
     from napari_samsp.io import read_image, read_mask
     from napari_samsp.models.checkpoints import load_model
     from napari_samsp.predictor import Predictor
@@ -64,12 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         for stem in val[:: max(1, len(val) // args.images)][: args.images]:
             image = read_image(next((root / name / "images").glob(stem + ".*")))
             gt = read_mask(next((root / name / "masks").glob(stem + ".*")))
-            if name == "dsb2018_nuclei":
-                ids, counts = np.unique(gt[gt > 0], return_counts=True)
-                obj = gt == ids[np.argsort(counts, kind="stable")[len(counts) // 2]]
-            else:
-                obj = gt > 0
-            row = probe_object(predictor, image, obj)
+            obj = pick_noc_object(gt, instance=name == "dsb2018_nuclei")
+            row = None if obj is None else probe_object(predictor, image, obj)
             if row is not None:
                 rows.append(row)
         a = np.array(rows)

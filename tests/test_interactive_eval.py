@@ -152,15 +152,16 @@ def test_click_gallery_shows_the_editors_mask_after_each_simulated_click(micro_m
     for the simulated user's clicks so far (replayed here click by click)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import click_gallery
+    import evaluate_model as E
 
     from napari_samsp.interactive import ObjectEditor, PromptSet
-    from napari_samsp.predictor import EmbeddingCache, Predictor
     from napari_samsp.sample_data_gen import synthetic_nuclei
 
     image, gt = synthetic_nuclei((64, 64), n=4, seed=0)
     obj = gt == np.unique(gt[gt > 0])[0]
-    predictor = Predictor(micro_model, "micro-test", cache=EmbeddingCache(None, max_memory_entries=2))
-    masks, run = click_gallery.click_masks(predictor, image, obj, clicks=3)
+    segmenter = E.SamSegmenter(micro_model, "micro-test", clicks="shown")
+    predictor = segmenter.predictor
+    masks, run = click_gallery.click_masks(segmenter, image, obj, clicks=3)
     assert len(masks) == len(run["ious"]) >= 1
     editor = ObjectEditor(predictor, np.zeros((64, 64), np.uint32), 1, embedding=predictor.embed(image))
     for k, mask in enumerate(masks, start=1):
