@@ -28,11 +28,11 @@ from skimage.segmentation import relabel_sequential, watershed
 from .errors import SamspError
 from .models.card import DEFAULT_MODE, DEFAULT_NUM_PASSES, ModelCard, SegmentOptions, as_model_card
 from .models.sam_sp import SamSP
-from .embedding import Embedding
+from .embedding import MIRROR_VIEWS, Embedding
 from .predictor import Predictor, as_plane
 from .tiling import blend_weights, merge_instance_tiles, plan_tiles
 from .contrast import apply_stretch, stretch_limits
-from .transforms import split_planes, to_rgb_uint8
+from .transforms import mirror, split_planes, to_rgb_uint8
 
 __all__ = [
     "AutoSegResult",
@@ -152,9 +152,24 @@ def split_instances(foreground: np.ndarray, min_size: int = 8) -> np.ndarray:
     return labels
 
 
-def _run_passes(predictor: Predictor, emb: Embedding, num_passes: int, use_points: bool) -> list:
-    with torch.inference_mode():
-        return SamSP(predictor.model, num_passes=num_passes, use_points=use_points).run_passes(emb.features)
+def _pass_logits(predictor: Predictor, emb: Embedding, num_passes: int, use_points: bool,
+                 flip_views: int) -> tuple[list[np.ndarray], float]:
+    """Each self-prompting pass's logits (H, W) float32 on the original grid, averaged over
+    ``flip_views`` mirror images of the plane (1: the plane alone), and the last pass's IoU score
+    averaged the same way (views: ``Predictor.view_features``, cache first)."""
+    if isinstance(flip_views, bool) or flip_views not in (1, 2, 4):
+        raise ValueError(f"flip_views must be 1, 2 or 4, got {flip_views!r}")
+    sums: list[np.ndarray] = []
+    iou = 0.0
+    feats = [emb.features] if flip_views == 1 else predictor.view_features(emb, flip_views)
+    for (rows, cols), features in zip(MIRROR_VIEWS, feats):
+        with torch.inference_mode():
+            passes = SamSP(predictor.model, num_passes=num_passes, use_points=use_points).run_passes(features)
+            logits = [emb.transform.logits_to_original(p.logits[:1].float())[0, 0].cpu().numpy() for p in passes]
+        logits = [mirror(lg.astype(np.float32), rows, cols) for lg in logits]
+        sums = logits if not sums else [a + b for a, b in zip(sums, logits)]
+        iou += float(passes[-1].iou[0, 0])
+    return [a / flip_views for a in sums], iou / flip_views
 
 
 def _object_prompts(labels: np.ndarray, ids: list[int], slices: list, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -318,6 +333,7 @@ def segment(
     min_size: int = 8,
     refine_instances: bool = True,
     batch_size: int = 32,
+    flip_views: int = 1,
 ) -> AutoSegResult:
     """Prompt-free segmentation of one 2D image, decoded from its embedding (the predictor is not changed).
 
@@ -332,19 +348,18 @@ def segment(
         min_size: smaller connected components / objects are removed (pixels).
         refine_instances: decode each object with its own box + point (instance mode).
         batch_size: objects decoded together.
+        flip_views: test-time mirror images whose logits are averaged: 1 (the image alone), 2 (and
+            its left-right mirror) or 4 (and the top-bottom and the doubly mirrored one); each
+            view costs one more encoder run and its passes.
 
     Returns:
         :class:`AutoSegResult` on the original pixel grid. An empty foreground gives all-zero labels.
     """
     k = _check_args(mode, threshold, num_passes)
     emb = predictor.embedding_of(image)
-    transform = emb.transform
-    passes = _run_passes(predictor, emb, k, use_points)
-    with torch.inference_mode():
-        pass_logits = [transform.logits_to_original(p.logits[:1].float())[0, 0].cpu().numpy() for p in passes]
+    pass_logits, final_iou = _pass_logits(predictor, emb, k, use_points, flip_views)
     pass_probs = [(1.0 / (1.0 + np.exp(-lg.astype(np.float64)))).astype(np.float32) for lg in pass_logits]
     prob = pass_probs[-1]
-    final_iou = float(passes[-1].iou[0, 0])
     fg = _remove_small(prob > threshold, min_size)
     if mode == "semantic":
         labels = fg.astype(np.uint16)

@@ -152,6 +152,8 @@ def cmd_segment(args) -> int:
     options = SegmentOptions.from_card(loaded.model_card, mode).kwargs()
     if args.passes and mode != "everything":
         options["num_passes"] = args.passes
+    if args.flip_views and mode != "everything":
+        options["flip_views"] = args.flip_views
     if args.points_per_side is not None and mode == "everything":
         options["points_per_side"] = args.points_per_side
     if mode == "everything":  # bad options: one line before anything is written
@@ -325,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="semantic/instance: self-prompting (SAM-SP models); everything: masks from a point grid "
                         "(for official SAM, MedSAM, micro-sam weights). Default: the model card's")
     p.add_argument("--passes", type=int, default=None, help="self-prompting passes K (default: the model card's)")
+    p.add_argument("--flip-views", type=int, choices=(1, 2, 4), default=None,
+                   help="average the image with 1 or 3 mirror images (2 or 4 views; default: the model card's)")
     p.add_argument("--points-per-side", type=int, default=None, help="everything mode: grid points per side (default 32)")
     model_args(p)
     project_arg(p, "its active model (unless --model) and its embedding cache")

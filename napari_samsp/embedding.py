@@ -15,7 +15,11 @@ import numpy as np
 from .models.sam_model import ImageFeatures
 from .transforms import InputTransform
 
-__all__ = ["Embedding"]
+__all__ = ["Embedding", "MIRROR_VIEWS"]
+
+# (mirror rows, mirror columns) of each test-time view: the plane itself first, then its mirror
+# images; flip_views = 1, 2 or 4 takes the first 1, 2 or 4.
+MIRROR_VIEWS = ((False, False), (False, True), (True, False), (True, True))
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,6 +35,9 @@ class Embedding:
         key: :func:`~napari_samsp.predictor.image_key` of ``rgb`` (content hash, shape included).
         cache_id: the embedding cache's model key: model id, weights digest and preprocessing.
         from_cache: the features came from the cache (no encoder run). Provenance, not content.
+        mirrors: features of the plane mirrored left-right, top-bottom and both, in
+            :data:`MIRROR_VIEWS` order after the plane itself, as many as the predictor's
+            ``flip_views`` asks for (prompted decodes average them); empty for one view.
 
     Two embeddings with the same :attr:`id` hold the same features. Equality is identity
     (the value holds tensors and arrays).
@@ -42,6 +49,7 @@ class Embedding:
     key: str
     cache_id: str
     from_cache: bool = False
+    mirrors: tuple[ImageFeatures, ...] = ()
 
     @property
     def original_size(self) -> tuple[int, int]:

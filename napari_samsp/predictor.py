@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .embedding import Embedding
+from .embedding import MIRROR_VIEWS, Embedding
 from .errors import InputImageError, SamspError
 from .models.sam_model import ImageFeatures, SamModel
-from .transforms import LEGACY_PREPROCESSING, InputTransform, model_preprocessing, split_planes, to_rgb_uint8
+from .transforms import LEGACY_PREPROCESSING, InputTransform, mirror, model_preprocessing, split_planes, to_rgb_uint8
 
 __all__ = [
     "Embedding",
@@ -384,6 +384,11 @@ class Predictor:
             memory-only cache of a few images.
         device: where to run; moves the model there. None keeps the model's device.
         cache_dir: alias of ``cache`` given as a folder.
+        flip_views: prompted decodes (clicks, boxes, propagation) average the logits of this many
+            views of the image: 1 (the image alone), 2 (and its left-right mirror) or 4 (and the
+            top-bottom and the doubly mirrored one). Each view is embedded once with the image
+            (:meth:`embed`) and costs one more decoder run per prompt; the model card's
+            ``prompt_flip_views`` says what its model was measured best with.
     """
 
     def __init__(
@@ -394,7 +399,11 @@ class Predictor:
         device: torch.device | str | None = None,
         *,
         cache_dir: str | Path | None = None,
+        flip_views: int = 1,
     ) -> None:
+        if isinstance(flip_views, bool) or flip_views not in (1, 2, 4):
+            raise ValueError(f"flip_views must be 1, 2 or 4, got {flip_views!r}")
+        self.flip_views = int(flip_views)
         if cache is None and cache_dir is not None:
             cache = cache_dir
         if cache is None:
@@ -431,13 +440,31 @@ class Predictor:
         key = image_key(rgb_u8)
         # Embeddings depend on the preprocessing too: keep those of other preprocessings apart.
         cache_id = self._cache_id if prep == LEGACY_PREPROCESSING else f"{self._cache_id}|{prep}"
+        feats, cached = self._plane_features(cache_id, transform, rgb_u8, key)
+        plane = rgb_u8.view()  # a read-only view: the caller's array (uint8 RGB passes through) stays writable
+        plane.flags.writeable = False
+        mirrors = tuple(self._plane_features(cache_id, transform, mirror(rgb_u8, rows, cols))[0]
+                        for rows, cols in MIRROR_VIEWS[1 : self.flip_views])
+        return Embedding(feats, transform, plane, key, cache_id, cached, mirrors)
+
+    def _plane_features(self, cache_id: str, transform: InputTransform, rgb_u8: np.ndarray,
+                        key: str | None = None) -> tuple[ImageFeatures, bool]:
+        """Features of one uint8 RGB plane on this device, from the cache or the encoder; and
+        whether they came from the cache."""
+        key = key or image_key(rgb_u8)
         feats = self.cache.get(cache_id, key)
         cached = feats is not None
         if feats is None:
             feats = self.cache.put(cache_id, key, self._encode(transform, rgb_u8))
-        plane = rgb_u8.view()  # a read-only view: the caller's array (uint8 RGB passes through) stays writable
-        plane.flags.writeable = False
-        return Embedding(feats.to(self.device), transform, plane, key, cache_id, cached)
+        return feats.to(self.device), cached
+
+    def view_features(self, emb: Embedding, views: int) -> list[ImageFeatures]:
+        """Features of the first ``views`` of :data:`~napari_samsp.embedding.MIRROR_VIEWS` of
+        ``emb``'s plane: its own, then its mirrors (those ``emb`` lacks are embedded, cache first)."""
+        feats = [emb.features, *emb.mirrors][:views]
+        for rows, cols in MIRROR_VIEWS[len(feats) : views]:
+            feats.append(self._plane_features(emb.cache_id, emb.transform, mirror(emb.rgb, rows, cols))[0])
+        return feats
 
     def embedding_of(self, image: "np.ndarray | Embedding | None") -> Embedding:
         """``image`` as an Embedding: an Embedding as it is, an array embedded (:meth:`embed`),
@@ -571,6 +598,32 @@ class Predictor:
 
     # -- decoding ----------------------------------------------------------------
     def _decode(self, emb: Embedding, pts, labels, boxes, masks, multimask: bool, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input-frame prompts -> (n, M, L, L) low-res logits and (n, M) scores in ``emb``'s input frame,
+        averaged over the predictor's ``flip_views`` (each view decodes its mirrored prompts; its
+        logits are mirrored back before averaging)."""
+        if self.flip_views == 1:
+            return self._decode_features(emb.features, pts, labels, boxes, masks, multimask, n)
+        t = emb.transform
+        mask_t = None if masks is None else torch.as_tensor(masks, dtype=torch.float32)
+        logit_sum = score_sum = None
+        for (rows, cols), feats in zip(MIRROR_VIEWS, self.view_features(emb, self.flip_views)):
+            lg, iou = self._decode_features(
+                feats,
+                None if pts is None else t.mirror_input_coords(pts, rows, cols),
+                labels,
+                None if boxes is None else t.mirror_input_boxes(boxes, rows, cols),
+                None if mask_t is None else t.mirror_low_res(mask_t, rows, cols),
+                multimask,
+                n,
+            )
+            with torch.inference_mode():
+                lg = t.mirror_low_res(lg.float(), rows, cols)
+                logit_sum = lg if logit_sum is None else logit_sum + lg
+                score_sum = iou.float() if score_sum is None else score_sum + iou.float()
+        return logit_sum / self.flip_views, score_sum / self.flip_views
+
+    def _decode_features(self, features: ImageFeatures, pts, labels, boxes, masks, multimask: bool,
+                         n: int) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
 
         def t(x, dtype=torch.float32):
@@ -578,7 +631,7 @@ class Predictor:
 
         with torch.inference_mode():
             return self.model.decode(
-                emb.features,
+                features,
                 point_coords=t(pts),
                 point_labels=t(labels, torch.int64),
                 boxes=t(boxes),

@@ -189,11 +189,12 @@ class Project:
         return self.load(base, device, trust) if info is None else self.load_version(info, device)
 
     def predictor(self, loaded: LoadedModel) -> Predictor:
-        """The one place a predictor is built: ``loaded`` with the project's embedding cache."""
+        """The one place a predictor is built: ``loaded`` with the project's embedding cache, decoding
+        prompts with the mirror views its card asks for (``prompt_flip_views``)."""
         from .predictor import EmbeddingCache, Predictor
 
         cache = EmbeddingCache(self.cache_dir, max_memory_entries=MEMORY_EMBEDDINGS)
-        return Predictor(loaded.model, loaded.model_id, cache)
+        return Predictor(loaded.model, loaded.model_id, cache, flip_views=loaded.model_card.prompt_flip_views)
 
     def lineage(self, card: dict) -> list[str]:
         """Readable names of the models ``card`` descends from, nearest first (see :func:`parent_chain`)."""

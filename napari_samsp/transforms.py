@@ -151,6 +151,16 @@ def split_planes(image: np.ndarray, rgb: bool | None = None) -> tuple[list[np.nd
     )
 
 
+def mirror(a: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+    """``a`` (H, W, ...) mirrored top-bottom (``rows``) and / or left-right (``cols``), contiguous;
+    its own inverse."""
+    if rows:
+        a = a[::-1]
+    if cols:
+        a = a[:, ::-1]
+    return np.ascontiguousarray(a)
+
+
 @dataclass(frozen=True)
 class InputTransform:
     """Resize-longest-side + pad to ``img_size`` and the inverse mapping, for one image size.
@@ -205,6 +215,45 @@ class InputTransform:
         h, w = self.resized_size
         x = x[..., :h, :w]
         return F.interpolate(x, self.original_size, mode="bilinear", align_corners=False)
+
+    def mirror_input_coords(self, coords: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+        """(..., 2) input-frame (x, y) of original pixels -> the same pixels in the input frame of the
+        image mirrored top-bottom (``rows``) and / or left-right (``cols``): exactly
+        ``coords_to_input`` of the mirrored original coordinates (x -> W - 1 - x)."""
+        h, w = self.resized_size
+        out = np.asarray(coords, dtype=np.float32).copy()
+        if cols:
+            out[..., 0] = (self.original_size[1] - 1) * (w / self.original_size[1]) - out[..., 0]
+        if rows:
+            out[..., 1] = (self.original_size[0] - 1) * (h / self.original_size[0]) - out[..., 1]
+        return out
+
+    def mirror_input_boxes(self, boxes: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+        """(..., 4) input-frame x0, y0, x1, y1 -> the mirrored image's input frame (corners re-sorted)."""
+        b = self.mirror_input_coords(np.asarray(boxes, np.float32).reshape(*np.shape(boxes)[:-1], 2, 2), rows, cols)
+        lo, hi = np.minimum(b[..., 0, :], b[..., 1, :]), np.maximum(b[..., 0, :], b[..., 1, :])
+        return np.concatenate([lo, hi], axis=-1)
+
+    def mirror_low_res(self, low_res_logits: torch.Tensor, rows: bool, cols: bool) -> torch.Tensor:
+        """(N, M, L, L) low-res logits in the input frame -> those of the mirrored image (its own inverse).
+
+        Only the image part (``resized_size``, top left) is mirrored; the padding stays where it
+        is. When that part is a whole number of low-res pixels the mirror is exact; otherwise
+        it is taken at the input resolution S (bilinear up, mirror, area down), a slight blur.
+        """
+        if not (rows or cols):
+            return low_res_logits
+        side = low_res_logits.shape[-1]
+        h, w = self.resized_size
+        dims = [d for d, on in ((-2, rows), (-1, cols)) if on]
+        exact = (h * side) % self.img_size == 0 and (w * side) % self.img_size == 0
+        x = low_res_logits if exact else F.interpolate(low_res_logits, (self.img_size,) * 2, mode="bilinear", align_corners=False)
+        hh, ww = (h * side // self.img_size, w * side // self.img_size) if exact else (h, w)
+        out = x.clone()
+        out[..., :hh, :ww] = torch.flip(x[..., :hh, :ww], dims)
+        if exact:
+            return out
+        return F.interpolate(out, (side, side), mode="area")
 
     def mask_to_low_res(self, mask: np.ndarray | torch.Tensor, low_res: int) -> torch.Tensor:
         """(H, W) binary mask on the original grid -> (1, 1, L, L) float in {0, 1} in the low-res input frame."""

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.models:
         name, _, path = spec.partition("=")
         lm = load_model(path or name, device="cpu")
-        models.append((name, SamSegmenter(lm.model, lm.model_id, clicks="shown")))
+        models.append((name, SamSegmenter(lm.model, lm.model_id, clicks="shown", prompt_flip_views=lm.model_card.prompt_flip_views)))
 
     cols = 1 + len(models) * len(SHOWN_CLICKS)
     fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 1.9 * len(picks)), squeeze=False)

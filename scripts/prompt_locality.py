@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari_samsp.predictor import EmbeddingCache, Predictor
 
     loaded = load_model(args.model, device="cpu")
-    predictor = Predictor(loaded.model, loaded.model_id, cache=EmbeddingCache(None, max_memory_entries=8))
+    predictor = Predictor(loaded.model, loaded.model_id, cache=EmbeddingCache(None, max_memory_entries=8),
+                          flip_views=loaded.model_card.prompt_flip_views)
     root = Path(args.data) / "dsb2018_nuclei"
     splits = read_splits(root) or {}
     stems = sorted(splits.get("val") or [p.stem for p in (root / "images").glob("*.png")])[: args.images]

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari_samsp.sample_data_gen import synthetic_nuclei_stack
 
     loaded = load_model(args.model, device="cpu")
-    predictor = Predictor(loaded.model, loaded.model_id, cache=EmbeddingCache(None, max_memory_entries=64))
+    predictor = Predictor(loaded.model, loaded.model_id, cache=EmbeddingCache(None, max_memory_entries=64),
+                          flip_views=loaded.model_card.prompt_flip_views)
     options = {} if args.point == "default" else {"use_point": args.point == "on"}
     if args.multimask != "default":
         options["multimask"] = args.multimask == "on"

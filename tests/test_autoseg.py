@@ -229,6 +229,46 @@ def test_semantic_oracle_and_min_size(micro_model, monkeypatch):
     assert res.scores == {1: pytest.approx(0.9)}
 
 
+def test_flip_views_average_mirrored_logits_back_on_the_image(micro_model, monkeypatch):
+    """A model that sees a left-right ramp of bias in whatever it is shown: averaging the image
+    with its mirror, mapped back, cancels the ramp exactly; a view not mapped back would not."""
+    p = Predictor(micro_model, "micro-test")
+    planes = {}  # id(features) -> the plane they are the features of, for every view
+    plane_features = p._plane_features
+
+    def tracked(cache_id, transform, rgb_u8, key=None):
+        feats, cached = plane_features(cache_id, transform, rgb_u8, key)
+        planes[id(feats)] = (transform, rgb_u8)
+        return feats, cached
+
+    monkeypatch.setattr(p, "_plane_features", tracked)
+    rgb, ids = disc_image((96, 128), [(30, 30, 14), (60, 95, 18)])
+    rgb[..., 0] = np.where(ids > 0, 160, 96)  # logits +-4: a ramp of +-6 flips the sides' labels
+
+    def run_passes(self, features, num_passes=None):
+        transform, plane = planes[id(features)]
+        field = _logit_from_red(plane)
+        field = field + np.linspace(-6, 6, field.shape[1], dtype=np.float32)[None]  # bias toward the right
+        emb = Embedding(features, transform, plane, "k", "c")
+        return [PassOutput(_to_low_res(emb, field, p.low_res_size), torch.full((1, 1), 0.9), None)]
+
+    monkeypatch.setattr(SamSP, "run_passes", run_passes)
+    truth = _logit_from_red(rgb)
+    one = segment(p, rgb, mode="semantic", num_passes=1)
+    two = segment(p, rgb, mode="semantic", num_passes=1, flip_views=2)
+    four = segment(p, rgb, mode="semantic", num_passes=1, flip_views=4)
+    logit = lambda prob: np.log(prob / (1 - prob))  # noqa: E731
+    inner = (slice(8, -8), slice(8, -8))  # the borders carry the resampling's edge effects
+    err_one = np.abs(logit(one.probability) - truth)[inner].mean()
+    err_two = np.abs(logit(two.probability) - truth)[inner].mean()
+    assert err_one > 2.0 and err_two < 0.5 * err_one
+    np.testing.assert_allclose(four.probability, two.probability, atol=1e-4)  # the ramp has no up-down part
+    gt = ids > 0
+    assert (two.labels.astype(bool) == gt).mean() > (one.labels.astype(bool) == gt).mean()
+    with pytest.raises(ValueError, match="flip_views"):
+        segment(p, rgb, flip_views=3)
+
+
 SEPARATE = [(25, 25, 10), (25, 100, 9), (100, 30, 11)]
 TOUCHING = [(95, 85, 11), (95, 106, 11)]  # centres 21 px apart: a 1-pixel neck
 
@@ -450,6 +490,7 @@ def test_card_segment_options():
     from napari_samsp.autoseg import card_segment_options
 
     # every option is explicit now: the card's defaults (models/card.py), not segment()'s
-    assert card_segment_options(None) == {"num_passes": 2, "refine_instances": True}
-    assert card_segment_options({"num_passes": 3, "mode": "instance"}) == {"num_passes": 3, "refine_instances": True}
-    assert card_segment_options({"num_passes": 2, "refine_instances": False}) == {"num_passes": 2, "refine_instances": False}
+    assert card_segment_options(None) == {"num_passes": 2, "refine_instances": True, "flip_views": 1}
+    assert card_segment_options({"num_passes": 3, "mode": "instance"}) == {"num_passes": 3, "refine_instances": True, "flip_views": 1}
+    assert card_segment_options({"num_passes": 2, "refine_instances": False, "flip_views": 4}) == {
+        "num_passes": 2, "refine_instances": False, "flip_views": 4}

@@ -357,19 +357,25 @@ def test_segment_follows_the_cards_refine_instances(tmp_path, capsys, monkeypatc
     write_inputs(tmp_path / "in")
     torch.manual_seed(0)
     weights = tmp_path / "m.safetensors"
-    save_model(build_model("micro"), weights, {"num_passes": 1, "refine_instances": False})
+    save_model(build_model("micro"), weights, {"num_passes": 1, "refine_instances": False, "flip_views": 2})
     seen = []
     real = autoseg.segment
 
     def spy(*args, **kwargs):
-        seen.append((kwargs.get("num_passes"), kwargs.get("refine_instances")))
+        seen.append((kwargs.get("num_passes"), kwargs.get("refine_instances"), kwargs.get("flip_views")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(autoseg, "segment", spy)
     code, _, err = run(capsys, "segment", tmp_path / "in", "-o", tmp_path / "out", "--model", weights,
                        "--mode", "instance", "--threads", "1")
     assert code == 0, err
-    assert seen and all(s == (1, False) for s in seen)
+    assert seen and all(s == (1, False, 2) for s in seen)
+    # --flip-views overrides the card's
+    seen.clear()
+    code, _, err = run(capsys, "segment", tmp_path / "in", "-o", tmp_path / "out2", "--model", weights,
+                       "--mode", "instance", "--threads", "1", "--flip-views", "1")
+    assert code == 0, err
+    assert seen and all(s == (1, False, 1) for s in seen)
 
 
 # ----------------------------------------------------------------------------- rank

@@ -321,6 +321,21 @@ def test_objective_trains_the_samunet_branch():
     assert model.image_encoder.patch_embed.proj.weight.grad is None
 
 
+def test_unet_decoder_trains_the_decoder_fusion_alone():
+    model = micro(name="samunet_micro")
+    params = configure_trainable(model, ("unet_decoder", "mask_decoder"))
+    fusion = {id(p) for m in (model.decoder_fusion, model.vit_reduce) for p in m.parameters()}
+    assert {id(p) for p in params} == fusion | {id(p) for p in model.mask_decoder.parameters()}
+    assert not encoder_is_frozen(model)  # the fusion is part of encode(): no feature cache
+    objective = SelfPromptObjective(model, ObjectiveConfig(num_passes=2, prompts_per_image=1))
+    objective(*_batch(model))["total"].backward()
+    assert model.decoder_fusion[-1].weight.grad.abs().sum() > 0
+    # the embeddings' side stays frozen: no gradient reaches the branch or the ViT
+    assert all(p.grad is None for p in model.cnn_branch.parameters())
+    assert all(p.grad is None for m in model.encoder_fusion for p in m.parameters())
+    assert model.image_encoder.patch_embed.proj.weight.grad is None
+
+
 def test_configure_trainable_freezes_the_rest():
     model = micro()
     params = configure_trainable(model, ("mask_decoder",))

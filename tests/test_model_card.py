@@ -131,12 +131,18 @@ def test_segment_options_pick_everything_for_foreign_weights_and_the_card_mode_o
     assert foreign.model_card.preprocessing == SAM_PREPROCESSING
     ours = ModelCard.from_dict(json.loads(DEFAULT_JSON.read_text()))
     opts = SegmentOptions.from_card(ours)
-    assert opts.mode == "instance" and opts.kwargs() == {"num_passes": 2, "refine_instances": False}
+    assert opts.mode == "instance" and opts.kwargs() == {"num_passes": 2, "refine_instances": False, "flip_views": ours.flip_views}
     assert SegmentOptions.from_card(ours, "semantic").mode == "semantic"
     evt = {"mode": "everything", "everything": {"points_per_side": 16}, "num_passes": 3}
     assert SegmentOptions.from_card(evt).kwargs() == {"points_per_side": 16}
-    assert SegmentOptions.from_card(evt, "instance").kwargs() == {"num_passes": 3, "refine_instances": True}
-    assert SegmentOptions.from_card(None).kwargs() == {"num_passes": 2, "refine_instances": True}
+    assert SegmentOptions.from_card(evt, "instance").kwargs() == {"num_passes": 3, "refine_instances": True, "flip_views": 1}
+    assert SegmentOptions.from_card(None).kwargs() == {"num_passes": 2, "refine_instances": True, "flip_views": 1}
+    assert SegmentOptions.from_card({"flip_views": 2.0}).kwargs()["flip_views"] == 2
+    assert ModelCard.from_dict({"flip_views": 4}).to_dict()["flip_views"] == 4
+    assert "flip_views" not in ModelCard.from_dict({}).to_dict()  # the default is not written
+    for bad in (3, True, "2"):
+        with pytest.raises(ValueError, match="flip_views"):
+            ModelCard.from_dict({"flip_views": bad})
     with pytest.raises(ValueError, match="mode must be one of"):
         SegmentOptions.from_card(ours, "panoptic")
     # the old functions are thin wrappers over the typed card

@@ -356,3 +356,88 @@ def test_cache_dir_alias(micro_model, tmp_path):
     assert p.cache.root == tmp_path
     assert p.cache.entry_path("micro-test", p.image_key).is_dir()
     assert os.path.commonpath([p.cache.entry_path("micro-test", p.image_key), tmp_path]) == str(tmp_path)
+
+
+# ----------------------------------------------------------------------------- mirror views
+
+
+def _mirror_xy(pts: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+    out = pts.copy()
+    if cols:
+        out[:, 0] = W - 1 - out[:, 0]
+    if rows:
+        out[:, 1] = H - 1 - out[:, 1]
+    return out
+
+
+@pytest.mark.parametrize("views", [2, 4])
+def test_flip_views_average_the_mirrored_decodes(micro_model, views):
+    """Each view decodes the mirrored image with the mirrored prompts; its logits, mirrored back,
+    are averaged with the others' (the same as decoding each mirrored image by hand)."""
+    from napari_samsp.embedding import MIRROR_VIEWS
+    from napari_samsp.transforms import mirror
+
+    img = _images()["rgb_u8"]
+    pts = np.array([[40.0, 30.0], [150.0, 70.0]], np.float32)
+    labels = np.array([1, 0])
+    box = np.array([20.0, 10.0, 120.0, 80.0], np.float32)
+    plain = Predictor(micro_model, "micro-test")
+    prev = plain.predict(pts[:1], labels[:1], embedding=plain.embed(img)).logits[:1]
+    flipped = Predictor(micro_model, "micro-test", flip_views=views)
+    emb = flipped.embed(img)
+    assert len(emb.mirrors) == views - 1
+    got = flipped.predict(pts, labels, box=box, mask_input=prev, embedding=emb)
+
+    t = emb.transform
+    want_logits, want_score = 0.0, 0.0
+    for rows, cols in MIRROR_VIEWS[:views]:
+        x0, x1 = (W - 1 - box[2], W - 1 - box[0]) if cols else (box[0], box[2])
+        y0, y1 = (H - 1 - box[3], H - 1 - box[1]) if rows else (box[1], box[3])
+        mask = t.mirror_low_res(torch.from_numpy(prev[None]), rows, cols)[0].numpy()
+        out = plain.predict(_mirror_xy(pts, rows, cols), labels, box=np.array([x0, y0, x1, y1], np.float32),
+                            mask_input=mask, embedding=plain.embed(mirror(img, rows, cols)))
+        want_logits = want_logits + t.mirror_low_res(torch.from_numpy(out.logits[None]), rows, cols)[0].numpy()
+        want_score = want_score + out.scores
+    np.testing.assert_allclose(got.logits, want_logits / views, atol=1e-4)
+    np.testing.assert_allclose(got.scores, want_score / views, atol=1e-5)
+    # a view of its own: not the plain decode
+    alone = plain.predict(pts, labels, box=box, mask_input=prev, embedding=plain.embed(img))
+    assert np.abs(alone.logits - got.logits).max() > 1e-3
+    # batches go through the same views
+    masks, low, scores = flipped.predict_batch(box[None], pts[None], labels[None], prev[None], embedding=emb)
+    np.testing.assert_allclose(low[0], got.logits, atol=1e-4)
+
+
+def test_flip_views_need_1_2_or_4(micro_model):
+    for bad in (0, 3, True):
+        with pytest.raises(ValueError, match="flip_views"):
+            Predictor(micro_model, "micro-test", flip_views=bad)
+    # an embedding made without mirrors gets them when a mirroring predictor decodes it
+    emb = Predictor(micro_model, "micro-test").embed(_images()["gray_u8"])
+    assert emb.mirrors == ()
+    p = Predictor(micro_model, "micro-test", flip_views=2)
+    assert p.predict(np.array([[10.0, 10.0]]), embedding=emb).masks.shape == (1, H, W)
+
+
+@pytest.mark.parametrize("size", [(64, 128), (97, 203)])  # a whole number of low-res pixels, and not
+def test_mirror_low_res_matches_mirroring_the_image(size):
+    from napari_samsp.transforms import InputTransform, mirror
+
+    t = InputTransform(128, size)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    field = np.sin(xx / 9.0) + 0.02 * yy  # smooth, not symmetric
+    low = t.mask_to_low_res(field > 0, 64)  # any low-res map in the input frame
+    low = torch.nn.functional.avg_pool2d(low, 3, 1, 1)  # smooth it
+    for rows, cols in ((False, True), (True, False), (True, True)):
+        there = t.logits_to_original(t.mirror_low_res(low, rows, cols))[0, 0].numpy()
+        want = mirror(t.logits_to_original(low)[0, 0].numpy(), rows, cols)
+        err = np.abs(there - want)[2:-2, 2:-2].mean()
+        assert err < (1e-6 if size == (64, 128) else 0.015), (rows, cols, err)
+        back = t.mirror_low_res(t.mirror_low_res(low, rows, cols), rows, cols)
+        if size == (64, 128):
+            assert torch.equal(back, low)  # exact: its own inverse
+    # boxes keep x0 <= x1 and map like their corners
+    b = np.array([[10.0, 5.0, 60.0, 30.0]], np.float32)
+    m = t.mirror_input_boxes(t.boxes_to_input(b), False, True)
+    np.testing.assert_allclose(m, t.boxes_to_input(np.array([[w - 1 - 60.0, 5.0, w - 1 - 10.0, 30.0]], np.float32)), atol=1e-4)

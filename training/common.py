@@ -43,14 +43,16 @@ def evenly_spaced(items: Sequence, limit: int | None) -> list:
     return [items[i] for i in idx]
 
 
-def val_pairs(name: str | Path, limit: int | None = None) -> list:
-    """The validation pairs of a data set (``splits.json``), sorted by stem, evenly subsampled."""
+def val_pairs(name: str | Path, limit: int | None = None, split: str = "val") -> list:
+    """The validation pairs of a data set (``splits.json``), sorted by stem, evenly subsampled.
+    ``split="train"``: the training pairs instead, for choosing an inference setting without
+    looking at the validation images."""
     from napari_samsp.io import list_pairs, read_splits
 
     root = resolve_data(name)
     pairs = {p.stem: p for p in list_pairs(root)}
     splits = read_splits(root)
-    stems = sorted(splits["val"]) if splits and splits.get("val") else sorted(pairs)
+    stems = sorted(splits[split]) if splits and splits.get(split) else sorted(pairs)
     return evenly_spaced([pairs[s] for s in stems if s in pairs], limit)
 
 

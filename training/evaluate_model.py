@@ -64,7 +64,8 @@ class SamSegmenter:
     """Our model through ``Predictor`` + ``autoseg.segment_image`` (what ``samsp segment`` runs)."""
 
     def __init__(self, model, model_id: str, num_passes: int = 2, name: str = "sam", click_box: str = "none",
-                 refine_instances: bool = True, clicks: str = "model") -> None:
+                 refine_instances: bool = True, clicks: str = "model", flip_views: int = 1,
+                 prompt_flip_views: int = 1) -> None:
         from napari_samsp.predictor import EmbeddingCache, Predictor
 
         if click_box not in ("none", "image"):
@@ -77,20 +78,24 @@ class SamSegmenter:
         self.supports_clicks = True
         self.num_passes = int(num_passes)
         self.refine_instances = bool(refine_instances)
+        self.flip_views = int(flip_views)
         # memory-only cache: every image is encoded (timings include the encoder)
         self.predictor = Predictor(model.eval(), model_id, cache=EmbeddingCache(None, max_memory_entries=2))
+        # prompts decode with the card's mirror views; prompt-free timings do not pay for their encoding
+        self.prompt_predictor = self.predictor if prompt_flip_views == 1 else Predictor(
+            model, model_id, cache=EmbeddingCache(None, max_memory_entries=2), flip_views=prompt_flip_views)
 
     def segment(self, image: np.ndarray, mode: str) -> np.ndarray:
         from napari_samsp.autoseg import segment_image
 
         return segment_image(self.predictor, image, mode=mode, num_passes=self.num_passes,
-                             refine_instances=self.refine_instances).labels
+                             refine_instances=self.refine_instances, flip_views=self.flip_views).labels
 
     def click_predictor(self, image: np.ndarray) -> Callable:
         if self.clicks == "shown":
             return self._editor_click_predictor(image)
-        self.predictor.set_image(image)
-        pred = self.predictor
+        self.prompt_predictor.set_image(image)
+        pred = self.prompt_predictor
         h, w = pred.original_size
         # "image": every click prompt also carries the whole-image box, which is how the training
         # objective (finetune.prompts.simulate_prompts) presents "points only" prompts
@@ -108,12 +113,12 @@ class SamSegmenter:
         simulated user sees, and corrects, the painted mask."""
         from napari_samsp.interactive import ObjectEditor, PromptSet
 
-        emb = self.predictor.embed(image)
+        emb = self.prompt_predictor.embed(image)
         editor: list = []
 
         def predict(points, labels, prev_logits):
             if prev_logits is None or not editor:  # a new object: a fresh editor
-                editor[:] = [ObjectEditor(self.predictor, np.zeros(emb.original_size, np.uint32), 1, embedding=emb)]
+                editor[:] = [ObjectEditor(self.prompt_predictor, np.zeros(emb.original_size, np.uint32), 1, embedding=emb)]
             ed = editor[0]
             painted = ed.update(PromptSet(np.asarray(points, np.float32), np.asarray(labels, np.int64)))
             return painted == 1, ed.logits
@@ -122,8 +127,8 @@ class SamSegmenter:
 
     def box_predictor(self, image: np.ndarray) -> Callable:
         """``predict(box) -> mask``: one box prompt (x0, y0, x1, y1, inclusive pixel indices), nothing else."""
-        self.predictor.set_image(image)
-        pred = self.predictor
+        self.prompt_predictor.set_image(image)
+        pred = self.prompt_predictor
 
         def predict(box):
             return pred.predict(box=np.asarray(box, np.float32), multimask_output=False).masks[0]
@@ -219,8 +224,9 @@ def evaluate_dataset(
     max_clicks: int = 20,
     log: Callable[[str], None] = print,
     box_images: int = 10,
+    split: str = "val",
 ) -> dict:
-    pairs = val_pairs(name, limit)
+    pairs = val_pairs(name, limit, split)
     instance_set = Path(name).name in INSTANCE_SETS
     run_mode = mode if mode in ("semantic", "instance") else (card_mode if mode == "card" else ("instance" if instance_set else "semantic"))
     dices, f1s, pqs, times = [], [], [], []
@@ -268,13 +274,15 @@ def evaluate(
     max_clicks: int = 20,
     log: Callable[[str], None] = print,
     box_images: int = 10,
+    split: str = "val",
 ) -> dict:
-    """Metrics per data set plus their mean Dice over data sets."""
+    """Metrics per data set plus their mean Dice over data sets (``split``: "val", or "train" to choose
+    an inference setting without looking at the validation images)."""
     res = {}
     t0 = time.time()
     for name in datasets:
         res[Path(name).name] = evaluate_dataset(seg, name, limit, mode, card_mode, noc_objects, max_clicks, log,
-                                                box_images)
+                                                box_images, split)
         r = res[Path(name).name]
         log(f"{Path(name).name}: Dice {r['dice']:.4f}" + (f" F1@0.5 {r['instance_f1@0.5']:.4f}" if "instance_f1@0.5" in r else "")
             + (f" NoC@90 {r['noc@90']:.2f}" if "noc@90" in r else "") + f" {r['seconds_per_image']:.3f} s/img")
@@ -282,7 +290,7 @@ def evaluate(
         "datasets": res,
         "mean_dice": float(np.mean([r["dice"] for r in res.values()])),
         "eval_seconds": time.time() - t0,
-        "settings": {"limit": limit, "mode": mode, "click_box": getattr(seg, "click_box", None), "noc_objects": noc_objects, "max_clicks": max_clicks, "box_images": box_images,
+        "settings": {"limit": limit, "mode": mode, "click_box": getattr(seg, "click_box", None), "noc_objects": noc_objects, "max_clicks": max_clicks, "box_images": box_images, "split": split,
                      "torch_threads": torch.get_num_threads(), "data_root": str(DATA_ROOT)},
     }
 
@@ -310,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
                          "a card with refine_instances false implies it")
     ap.add_argument("--clicks", choices=("model", "shown"), default="model",
                     help="score the model's raw click masks, or the masks the plugin shows (ObjectEditor: confined)")
+    ap.add_argument("--flip-views", type=int, choices=(1, 2, 4), default=None,
+                    help="prompt-free test-time mirror images averaged (default: the card's)")
+    ap.add_argument("--prompt-flip-views", type=int, choices=(1, 2, 4), default=None,
+                    help="mirror views averaged for clicks and boxes (default: the card's prompt_flip_views)")
+    ap.add_argument("--split", choices=("val", "train"), default="val",
+                    help="images to evaluate on; 'train' to choose a setting without looking at val")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="write the JSON here (also printed)")
     ap.add_argument("--markdown", action="store_true", help="also print a table for docs/BENCHMARKS.md")
@@ -331,12 +345,18 @@ def main(argv: list[str] | None = None) -> int:
         model, model_id, card, source = lm.model, lm.model_id, lm.model_card, lm.source
     num_passes = args.num_passes or card.num_passes
     refine = SegmentOptions.from_card(card).refine_instances and not args.no_refine
+    flip_views = args.flip_views or SegmentOptions.from_card(card).flip_views
+    prompt_flip_views = args.prompt_flip_views or card.prompt_flip_views
     seg = SamSegmenter(model, model_id, num_passes, name=source, click_box=args.click_box,
-                       refine_instances=refine, clicks=args.clicks)
+                       refine_instances=refine, clicks=args.clicks, flip_views=flip_views,
+                       prompt_flip_views=prompt_flip_views)
     res = evaluate(seg, args.data, args.limit, args.mode, card.mode, args.noc_objects,
-                   args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True), box_images=args.box_images)
+                   args.max_clicks, log=lambda s: print(s, file=sys.stderr, flush=True), box_images=args.box_images,
+                   split=args.split)
     res["settings"]["refine_instances"] = refine
     res["settings"]["clicks"] = args.clicks
+    res["settings"]["flip_views"] = flip_views
+    res["settings"]["prompt_flip_views"] = prompt_flip_views
     res["model"] = {"source": source, "model_id": model_id, "num_passes": num_passes,
                     "config": getattr(model, "config", None) and model.config.name,
                     "parameters": int(sum(p.numel() for p in model.parameters())),

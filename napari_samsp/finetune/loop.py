@@ -39,7 +39,14 @@ from .objective import ObjectiveConfig, SelfPromptObjective
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_PARTS = ("encoder", "lora", "prompt_encoder", "mask_decoder", "unet")
+TRAINABLE_PARTS = ("encoder", "lora", "prompt_encoder", "mask_decoder", "unet", "unet_decoder")
+# The SAM-UNet modules each part names. "unet_decoder" is the branch's fusion into the mask decoder
+# alone: it shapes the per-pixel features every mask is read from, but not the embeddings, so the
+# image encoder and the branch itself stay frozen (and their forward pass needs no gradient).
+_UNET_MODULES = {
+    "unet": ("cnn_branch", "encoder_fusion", "decoder_fusion", "vit_reduce"),
+    "unet_decoder": ("decoder_fusion", "vit_reduce"),
+}
 
 
 class Sampler(Protocol):
@@ -140,8 +147,9 @@ def configure_trainable(model: SamModel, parts: Sequence[str], lora_rank: int = 
         params += list(model.prompt_encoder.parameters())
     if "mask_decoder" in parts:
         params += list(model.mask_decoder.parameters())
-    if "unet" in parts and isinstance(model, SamUNet):
-        for name in ("cnn_branch", "encoder_fusion", "decoder_fusion", "vit_reduce"):
+    if isinstance(model, SamUNet):
+        names = dict.fromkeys(m for part in parts for m in _UNET_MODULES.get(part, ()))
+        for name in names:
             params += list(getattr(model, name).parameters())
     for p in params:
         p.requires_grad_(True)

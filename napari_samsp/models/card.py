@@ -42,6 +42,8 @@ CARD_MODES = ("semantic", "instance", "everything")
 DEFAULT_MODE = "semantic"
 DEFAULT_NUM_PASSES = 2  # SAM-SP's self-prompting passes K; a card without it describes a model trained with 2
 DEFAULT_REFINE_INSTANCES = True  # instance mode re-decodes each object with its own box + point
+DEFAULT_FLIP_VIEWS = 1  # prompt-free: the image alone, no test-time mirror images
+FLIP_VIEWS = (1, 2, 4)
 # Every card written before the field existed describes a model prepared the napari-samsp v1 way.
 DEFAULT_PREPROCESSING = LEGACY_PREPROCESSING
 
@@ -53,6 +55,8 @@ _FIELDS = {
     "mode": "mode",
     "num_passes": "num_passes",
     "refine_instances": "refine_instances",
+    "flip_views": "flip_views",
+    "prompt_flip_views": "prompt_flip_views",
     "everything": "everything",
     "preprocessing": "preprocessing",
     "version": "version",
@@ -105,6 +109,10 @@ class ModelCard:
             ``"everything"`` for weights never trained to self-prompt.
         num_passes: SAM-SP self-prompting passes K the model was trained with (default 2).
         refine_instances: instance mode re-decodes each object (default True).
+        flip_views: prompt-free segmentation averages the logits of this many mirror images
+            (1, 2 or 4; default 1, the image alone).
+        prompt_flip_views: the same for prompted decodes (clicks, boxes, propagation): the
+            ``flip_views`` of the model's :class:`~napari_samsp.predictor.Predictor` (default 1).
         everything: :class:`~napari_samsp.everything.EverythingOptions` fields for everything-mode.
         preprocessing: ``"sam"`` or ``"samsp-v1"`` (default, the legacy one).
         version: this version's id (None until saved: the writer stamps a fresh one).
@@ -124,6 +132,8 @@ class ModelCard:
     mode: str = DEFAULT_MODE
     num_passes: int = DEFAULT_NUM_PASSES
     refine_instances: bool = DEFAULT_REFINE_INSTANCES
+    flip_views: int = DEFAULT_FLIP_VIEWS
+    prompt_flip_views: int = DEFAULT_FLIP_VIEWS
     everything: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     preprocessing: str = DEFAULT_PREPROCESSING
     version: str | None = None
@@ -141,6 +151,10 @@ class ModelCard:
             raise ValueError(f"card mode must be one of {CARD_MODES}, got {self.mode!r}")
         if isinstance(self.num_passes, bool) or not isinstance(self.num_passes, int) or self.num_passes < 1:
             raise ValueError(f"card num_passes must be an integer >= 1, got {self.num_passes!r}")
+        for name in ("flip_views", "prompt_flip_views"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or value not in FLIP_VIEWS:
+                raise ValueError(f"card {name} must be one of {FLIP_VIEWS}, got {value!r}")
         check_preprocessing(self.preprocessing)
         for entry in self.training_data:
             if not isinstance(entry, Mapping) or "name" not in entry or "count" not in entry:
@@ -167,7 +181,7 @@ class ModelCard:
         for name in ("num_passes", "preprocessing"):
             if name in given and not given[name]:
                 del given[name]
-        for name in ("steps", "num_passes", "input_size"):
+        for name in ("steps", "num_passes", "input_size", "flip_views", "prompt_flip_views"):
             if name in given and isinstance(given[name], float) and given[name].is_integer():
                 given[name] = int(given[name])
         if "steps" in given:
@@ -181,7 +195,7 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON dict of this card: every field a ``samsp-1`` card always has, the optional
-        ones (origin, everything options, refine_instances, random) when not at their default,
+        ones (origin, everything options, refine_instances, flip views, random) when not at their default,
         and :attr:`extra`. ``ModelCard.from_dict(card.to_dict()) == card``."""
         out: dict[str, Any] = dict(_thaw(self.extra))
         out.update(
@@ -205,6 +219,9 @@ class ModelCard:
             out["everything"] = _thaw(self.everything)
         if self.refine_instances != DEFAULT_REFINE_INSTANCES:
             out["refine_instances"] = self.refine_instances
+        for name in ("flip_views", "prompt_flip_views"):
+            if getattr(self, name) != DEFAULT_FLIP_VIEWS:
+                out[name] = getattr(self, name)
         if self.random:
             out["random"] = True
         return out
@@ -253,6 +270,7 @@ class SegmentOptions:
         mode: "semantic", "instance" or "everything".
         num_passes: self-prompting passes (self-prompting modes).
         refine_instances: re-decode each object with its own box + point (instance mode).
+        flip_views: test-time mirror images averaged (self-prompting modes; 1, 2 or 4).
         everything: :class:`~napari_samsp.everything.EverythingOptions` fields (everything-mode).
     """
 
@@ -260,6 +278,7 @@ class SegmentOptions:
     num_passes: int = DEFAULT_NUM_PASSES
     refine_instances: bool = DEFAULT_REFINE_INSTANCES
     everything: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    flip_views: int = DEFAULT_FLIP_VIEWS
 
     @classmethod
     def from_card(cls, card: ModelCard | Mapping[str, Any] | None, mode: str | None = None) -> SegmentOptions:
@@ -269,11 +288,11 @@ class SegmentOptions:
         chosen = mode or mc.mode
         if chosen not in CARD_MODES:
             raise ValueError(f"mode must be one of {CARD_MODES}, got {chosen!r}")
-        return cls(chosen, mc.num_passes, mc.refine_instances, MappingProxyType(dict(mc.everything)))
+        return cls(chosen, mc.num_passes, mc.refine_instances, MappingProxyType(dict(mc.everything)), mc.flip_views)
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``autoseg.segment_image`` (besides ``mode``): the self-prompting
         options, or in everything-mode the card's everything options."""
         if self.mode == "everything":
             return _thaw(self.everything)
-        return {"num_passes": self.num_passes, "refine_instances": self.refine_instances}
+        return {"num_passes": self.num_passes, "refine_instances": self.refine_instances, "flip_views": self.flip_views}
