@@ -117,3 +117,15 @@ def test_decoder_stage_runs_two_variants_and_reports_paired_differences(tmp_path
 def test_only_rejects_a_variant_of_the_other_stage(fresh_globals, tmp_path):
     with pytest.raises(SystemExit):
         ablation.main(["--stage", "decoder", "--runs", str(tmp_path), "--only", "unet_baseline"])
+
+
+def test_evaluation_pairs_of_either_split(tmp_path):
+    """``common.val_pairs(split=...)``: the validation stems by default, the training stems for
+    choosing an inference setting without looking at the validation images."""
+    import common
+
+    root = _disc_set(tmp_path / "discs", 9, seed=0)
+    splits = json.loads((root / "splits.json").read_text())
+    assert [p.stem for p in common.val_pairs(root)] == sorted(splits["val"])
+    assert [p.stem for p in common.val_pairs(root, split="train")] == sorted(splits["train"])
+    assert len(common.val_pairs(root, 2, split="train")) == 2

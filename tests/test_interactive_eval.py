@@ -147,6 +147,26 @@ def test_sam_segmenter_clicks_as_shown_are_the_editors_confined_masks(micro_mode
         E.SamSegmenter(micro_model, "micro-test", clicks="other")
 
 
+def test_sam_segmenter_decodes_prompts_with_the_cards_mirror_views(micro_model):
+    """``prompt_flip_views``: clicks and boxes go through a mirroring predictor (the editor's masks
+    are those of ``Predictor(flip_views=2)``); prompt-free segmentation keeps the plain one."""
+    import evaluate_model as E
+    from napari_samsp.interactive import ObjectEditor, PromptSet
+    from napari_samsp.predictor import Predictor
+    from napari_samsp.sample_data_gen import synthetic_nuclei
+
+    image, _ = synthetic_nuclei((64, 64), n=4, seed=0)
+    points, labels = np.array([[20.0, 30.0]], np.float32), np.array([1])
+    seg = E.SamSegmenter(micro_model, "micro-test", clicks="shown", prompt_flip_views=2)
+    assert seg.prompt_predictor.flip_views == 2 and seg.predictor.flip_views == 1
+    shown, _ = seg.click_predictor(image)(points, labels, None)
+    mirrored = Predictor(micro_model, "micro-test", flip_views=2)
+    editor = ObjectEditor(mirrored, np.zeros((64, 64), np.uint32), 1, embedding=mirrored.embed(image))
+    np.testing.assert_array_equal(shown, editor.update(PromptSet(points, labels)) == 1)
+    box = np.array([5, 5, 40, 50], np.float32)
+    np.testing.assert_array_equal(seg.box_predictor(image)(box), mirrored.predict(box=box, embedding=mirrored.embed(image)).masks[0])
+
+
 def test_click_gallery_shows_the_editors_mask_after_each_simulated_click(micro_model):
     """scripts/click_gallery.py draws, for each click, exactly what the plugin's ObjectEditor paints
     for the simulated user's clicks so far (replayed here click by click)."""

@@ -179,3 +179,16 @@ def test_a_fine_tuned_version_inherits_how_its_parent_runs(tmp_path):
     assert child.parent == base.card["version"] and child.refine_instances is False and child.num_passes == 1
     assert child.preprocessing == base.model_card.preprocessing and child.extra["license_note"] == "CC0"
     assert "note" not in child.extra and child.steps == 2 and child.extra["finetune"]["lr"] == 1e-3
+
+
+def test_model_panel_says_how_prompts_are_decoded():
+    from types import SimpleNamespace
+
+    pytest.importorskip("qtpy")
+    from napari_samsp._ui.model_panel import card_html
+
+    def html_of(card: dict) -> str:
+        return card_html(SimpleNamespace(card=card, source="m.safetensors", model_id="abc", is_random=False))
+
+    assert "averaged over the image and 1 mirror image" in html_of({"prompt_flip_views": 2})
+    assert "decoded on the image alone" in html_of({})
