@@ -390,7 +390,7 @@ def test_the_card_decides_the_mode(vit_b_file, micro_model, tmp_path):
     assert card_segment_options({"mode": "everything", "num_passes": 2}) == {}
     assert card_segment_options({"mode": "everything", "everything": {"points_per_side": 16}}) == {"points_per_side": 16}
     assert card_segment_options({"mode": "instance", "num_passes": 3}, "everything") == {}
-    assert card_segment_options({"mode": "everything", "num_passes": 3}, "semantic") == {"num_passes": 3, "refine_instances": True}
+    assert card_segment_options({"mode": "everything", "num_passes": 3}, "semantic") == {"num_passes": 3, "refine_instances": True, "flip_views": 1}
     # After a SAM-SP fine-tune the model self-prompts; unless the base weights were kept.
     assert finetuned_mode({"mode": "everything"}, has_instances=True) == "instance"
     assert finetuned_mode({"mode": "everything"}, has_instances=False) == "semantic"
