@@ -383,7 +383,9 @@ def _carry_to_slice(predictor, plane: np.ndarray, mask: np.ndarray, tile: int | 
     assert box is not None
     extent = (float(box[1]), float(box[0]), float(box[3]), float(box[2]))
     win = choose_window((h, w), extent, tile, overlap or 0) if tile else Window(0, h, 0, w)
-    emb = predictor.embed(plane[win.slices])
+    # One view: mirror views (a card's prompt_flip_views, which help clicks) carry fewer slices
+    # (docs/BENCHMARKS.md, "Mirror views"), so propagation neither embeds nor decodes them.
+    emb = predictor.embed(plane[win.slices], with_mirrors=False)
     prompts = [PromptSet(box=box)]
     if use_point:
         r, c = innermost_pixel(mask)  # type: ignore[misc]
@@ -398,6 +400,7 @@ def _carry_to_slice(predictor, plane: np.ndarray, mask: np.ndarray, tile: int | 
             box=local.box,
             multimask_output=multimask and i == 0,
             embedding=emb,
+            flip_views=1,
         )
         for cand in pred.masks:
             cand = confine_mask(cand, local)

@@ -369,6 +369,12 @@ def as_plane(image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
     return plane
 
 
+def _check_flip_views(views: int) -> int:
+    if isinstance(views, bool) or views not in (1, 2, 4):
+        raise ValueError(f"flip_views must be 1, 2 or 4, got {views!r}")
+    return int(views)
+
+
 class Predictor:
     """Prompted segmentation of 2D images: the model, its device and the embedding cache.
 
@@ -401,9 +407,7 @@ class Predictor:
         cache_dir: str | Path | None = None,
         flip_views: int = 1,
     ) -> None:
-        if isinstance(flip_views, bool) or flip_views not in (1, 2, 4):
-            raise ValueError(f"flip_views must be 1, 2 or 4, got {flip_views!r}")
-        self.flip_views = int(flip_views)
+        self.flip_views = _check_flip_views(flip_views)
         if cache is None and cache_dir is not None:
             cache = cache_dir
         if cache is None:
@@ -422,7 +426,7 @@ class Predictor:
         self.last_embed_was_cached = False
 
     # -- image -----------------------------------------------------------------
-    def embed(self, image: np.ndarray, rgb: bool | None = None) -> Embedding:
+    def embed(self, image: np.ndarray, rgb: bool | None = None, *, with_mirrors: bool = True) -> Embedding:
         """The :class:`~napari_samsp.embedding.Embedding` of one 2D image (from the cache or the encoder).
 
         The predictor itself is not changed.
@@ -430,6 +434,8 @@ class Predictor:
         Args:
             image: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; any integer or float dtype.
             rgb: whether the last axis is colour (napari's ``layer.rgb``); None guesses.
+            with_mirrors: also embed the mirror views ``flip_views`` asks for (False: leave them to
+                the first decode that uses them, e.g. for planes decoded with ``flip_views=1``).
 
         Raises:
             InputImageError: empty, NaN, a stack (use ``transforms.split_planes``), or of a bad shape.
@@ -444,7 +450,7 @@ class Predictor:
         plane = rgb_u8.view()  # a read-only view: the caller's array (uint8 RGB passes through) stays writable
         plane.flags.writeable = False
         mirrors = tuple(self._plane_features(cache_id, transform, mirror(rgb_u8, rows, cols))[0]
-                        for rows, cols in MIRROR_VIEWS[1 : self.flip_views])
+                        for rows, cols in MIRROR_VIEWS[1 : self.flip_views if with_mirrors else 1])
         return Embedding(feats, transform, plane, key, cache_id, cached, mirrors)
 
     def _plane_features(self, cache_id: str, transform: InputTransform, rgb_u8: np.ndarray,
@@ -597,16 +603,18 @@ class Predictor:
         return m
 
     # -- decoding ----------------------------------------------------------------
-    def _decode(self, emb: Embedding, pts, labels, boxes, masks, multimask: bool, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(self, emb: Embedding, pts, labels, boxes, masks, multimask: bool, n: int,
+                views: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Input-frame prompts -> (n, M, L, L) low-res logits and (n, M) scores in ``emb``'s input frame,
-        averaged over the predictor's ``flip_views`` (each view decodes its mirrored prompts; its
-        logits are mirrored back before averaging)."""
-        if self.flip_views == 1:
+        averaged over ``views`` (default: the predictor's ``flip_views``; each view decodes its mirrored
+        prompts, and its logits are mirrored back before averaging)."""
+        views = self.flip_views if views is None else _check_flip_views(views)
+        if views == 1:
             return self._decode_features(emb.features, pts, labels, boxes, masks, multimask, n)
         t = emb.transform
         mask_t = None if masks is None else torch.as_tensor(masks, dtype=torch.float32)
         logit_sum = score_sum = None
-        for (rows, cols), feats in zip(MIRROR_VIEWS, self.view_features(emb, self.flip_views)):
+        for (rows, cols), feats in zip(MIRROR_VIEWS, self.view_features(emb, views)):
             lg, iou = self._decode_features(
                 feats,
                 None if pts is None else t.mirror_input_coords(pts, rows, cols),
@@ -620,7 +628,7 @@ class Predictor:
                 lg = t.mirror_low_res(lg.float(), rows, cols)
                 logit_sum = lg if logit_sum is None else logit_sum + lg
                 score_sum = iou.float() if score_sum is None else score_sum + iou.float()
-        return logit_sum / self.flip_views, score_sum / self.flip_views
+        return logit_sum / views, score_sum / views
 
     def _decode_features(self, features: ImageFeatures, pts, labels, boxes, masks, multimask: bool,
                          n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -661,6 +669,7 @@ class Predictor:
         multimask_output: bool = False,
         *,
         embedding: Embedding | None = None,
+        flip_views: int | None = None,
     ) -> Prediction:
         """Masks for one prompt set on ``embedding`` (default: the image of :meth:`set_image`).
 
@@ -672,13 +681,15 @@ class Predictor:
             multimask_output: three candidate masks instead of one (see ``Prediction.best``).
                 No prompt at all decodes the prompt-free mask.
             embedding: from :meth:`embed`; None decodes on set_image's.
+            flip_views: mirror views for this decode (default: the predictor's ``flip_views``).
         """
         emb = self.embedding_of(embedding)
         pts, lab = self._points(emb, point_coords, point_labels, None)
         boxes = self._boxes(emb, box, None)
         masks = self._mask_input(mask_input, None)
         logits, iou = self._decode(
-            emb, None if pts is None else pts[None], None if lab is None else lab[None], boxes, masks, multimask_output, 1
+            emb, None if pts is None else pts[None], None if lab is None else lab[None], boxes, masks, multimask_output, 1,
+            flip_views,
         )
         return Prediction(
             masks=self._to_masks(logits, embedding=emb)[0],

@@ -34,8 +34,8 @@ def track_embeddings(monkeypatch, predictor: Predictor):
         made = {}
         original = predictor.embed
 
-        def embed(image, rgb=None):
-            emb = original(image, rgb)
+        def embed(image, rgb=None, **kwargs):
+            emb = original(image, rgb, **kwargs)
             made[id(emb.features)] = emb
             return emb
 

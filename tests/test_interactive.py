@@ -118,6 +118,30 @@ def test_object_editor_decodes_paints_and_corrects(micro_model):
         ObjectEditor(predictor, np.zeros((10, 10), np.uint32), 1)
 
 
+def test_propagation_decodes_one_view_whatever_the_predictors_mirror_views(micro_model):
+    """Mirror views help clicks but carry fewer slices (BENCHMARKS): propagation uses the image alone,
+    and does not pay for embedding mirrors it would not use."""
+    stack, _ = synthetic_nuclei_stack((5, 48, 48), n=3, seed=0)
+    norm = StackNormaliser(stack)
+    labels = np.zeros(stack.shape, np.uint32)
+    labels[2, 10:30, 10:30] = 1
+    plain = propagate_object(Predictor(micro_model, "micro-test"), norm.plane, 5, labels, 2, 1)
+    mirrored = Predictor(micro_model, "micro-test", flip_views=2)
+    encodes = []
+    plane_features = mirrored._plane_features
+    mirrored._plane_features = lambda *a, **k: encodes.append(1) or plane_features(*a, **k)
+    out = propagate_object(mirrored, norm.plane, 5, labels, 2, 1)
+    assert out.keys() == plain.keys() and all(np.array_equal(out[z], plain[z]) for z in out)
+    assert len(out) <= len(encodes) <= 4  # one embedding per slice visited (at most the 4 others), no mirrors
+    # the per-call override, and embeddings without mirrors
+    emb = mirrored.embed(norm.plane(2), with_mirrors=False)
+    assert emb.mirrors == ()
+    one = mirrored.predict(np.array([[20.0, 20.0]]), embedding=emb, flip_views=1)
+    ref = Predictor(micro_model, "micro-test").predict(np.array([[20.0, 20.0]]), embedding=emb)
+    np.testing.assert_array_equal(one.logits, ref.logits)
+    assert not np.array_equal(mirrored.predict(np.array([[20.0, 20.0]]), embedding=emb).logits, ref.logits)
+
+
 def test_propagate_object_through_a_stack(micro_model):
     stack, _ = synthetic_nuclei_stack((5, 48, 48), n=3, seed=0)
     norm = StackNormaliser(stack)

@@ -286,9 +286,9 @@ def test_propagation_in_windows_matches_the_object(default_predictor):
     predictor = default_predictor
     original = predictor.embed
 
-    def spy(image, rgb=None):
+    def spy(image, rgb=None, **kwargs):
         seen.append(np.asarray(image).shape[:2])
-        return original(image, rgb)
+        return original(image, rgb, **kwargs)
 
     predictor.embed = spy
     try:
