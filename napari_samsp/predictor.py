@@ -390,7 +390,7 @@ class Predictor:
             memory-only cache of a few images.
         device: where to run; moves the model there. None keeps the model's device.
         cache_dir: alias of ``cache`` given as a folder.
-        flip_views: prompted decodes (clicks, boxes, propagation) average the logits of this many
+        flip_views: prompted decodes (clicks, boxes; propagation passes 1) average the logits of this many
             views of the image: 1 (the image alone), 2 (and its left-right mirror) or 4 (and the
             top-bottom and the doubly mirrored one). Each view is embedded once with the image
             (:meth:`embed`) and costs one more decoder run per prompt; the model card's

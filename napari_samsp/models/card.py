@@ -111,7 +111,7 @@ class ModelCard:
         refine_instances: instance mode re-decodes each object (default True).
         flip_views: prompt-free segmentation averages the logits of this many mirror images
             (1, 2 or 4; default 1, the image alone).
-        prompt_flip_views: the same for prompted decodes (clicks, boxes, propagation): the
+        prompt_flip_views: the same for prompted decodes (clicks, boxes; not propagation): the
             ``flip_views`` of the model's :class:`~napari_samsp.predictor.Predictor` (default 1).
         everything: :class:`~napari_samsp.everything.EverythingOptions` fields for everything-mode.
         preprocessing: ``"sam"`` or ``"samsp-v1"`` (default, the legacy one).
