@@ -31,6 +31,7 @@ def test_the_embedded_default_card_loads_with_its_own_values():
     assert card.mode == "instance" and card.num_passes == 2 and card.refine_instances is False
     assert card.preprocessing == "samsp-v1" and card.version == d["version"] and card.parent == d["parent"]
     assert card.steps == 8826 and [e["count"] for e in card.training_data] == [411, 1016, 651]  # v3.2
+    assert card.prompt_flip_views == 2 and card.flip_views == 1  # the editor averages two views; prompt-free one
     assert card.metrics["full_val"]["mean_dice"] == 0.643 and card.parent == "425a2536dfd3433f8880a183d6db831d"
     assert set(card.extra) == {"checkpoint", "license_note", "note", "recipe", "refine_instances_note"}
 
@@ -190,5 +191,6 @@ def test_model_panel_says_how_prompts_are_decoded():
     def html_of(card: dict) -> str:
         return card_html(SimpleNamespace(card=card, source="m.safetensors", model_id="abc", is_random=False))
 
-    assert "averaged over the image and 1 mirror image" in html_of({"prompt_flip_views": 2})
+    assert "image and its left-right mirror, averaged" in html_of({"prompt_flip_views": 2})
+    assert "image and its 3 mirror images, averaged" in html_of({"prompt_flip_views": 4})
     assert "decoded on the image alone" in html_of({})

@@ -49,8 +49,8 @@ def card_html(loaded, lineage: list[str] | None = None) -> str:
         ("architecture", str(cfg.get("name", "?")) + (" + SAM-UNet branch" if cfg.get("unet") else "")),
         ("input", f"{card.input_size or '?'} px, patch {cfg.get('patch_size', '?')}"),
         ("mode", f"{card.mode}, {card.num_passes} self-prompting passes"),
-        ("prompts", "decoded on the image alone" if card.prompt_flip_views == 1
-         else f"averaged over the image and {card.prompt_flip_views - 1} mirror image(s)"),
+        ("prompts", {1: "decoded on the image alone", 2: "image and its left-right mirror, averaged"}.get(
+            card.prompt_flip_views, f"image and its {card.prompt_flip_views - 1} mirror images, averaged")),
         ("preprocessing", card.preprocessing),
         ("version", str(card.version or loaded.model_id)[:24]),
     ]
