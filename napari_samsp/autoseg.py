@@ -356,7 +356,8 @@ def segment(
         :class:`AutoSegResult` on the original pixel grid. An empty foreground gives all-zero labels.
     """
     k = _check_args(mode, threshold, num_passes)
-    emb = predictor.embedding_of(image)
+    # Prompt-free decoding needs no mirror views (unless flip_views asks; then they are embedded when used).
+    emb = predictor.embed(image, with_mirrors=False) if isinstance(image, np.ndarray) else predictor.embedding_of(image)
     pass_logits, final_iou = _pass_logits(predictor, emb, k, use_points, flip_views)
     pass_probs = [(1.0 / (1.0 + np.exp(-lg.astype(np.float64)))).astype(np.float32) for lg in pass_logits]
     prob = pass_probs[-1]
@@ -437,7 +438,7 @@ def segment_tiled(
     for i, (y0, y1, x0, x1) in enumerate(tiles):
         if cancel is not None and cancel():
             raise SegmentationCancelled("segmentation cancelled")
-        res = segment(predictor, predictor.embed(rgb[y0:y1, x0:x1]), mode=mode, **kwargs)
+        res = segment(predictor, predictor.embed(rgb[y0:y1, x0:x1], with_mirrors=False), mode=mode, **kwargs)
         wts = blend_weights((y1 - y0, x1 - x0), ov)
         num[y0:y1, x0:x1] += wts * res.probability
         den[y0:y1, x0:x1] += wts

@@ -370,7 +370,7 @@ def everything_masks(
     tile = int(tile_size or tile_default)
     crops = _crop_boxes((h, w), int(tile_threshold or thr_default), tile, int(tile // 4 if overlap is None else overlap))
     if whole is None and len(crops) == 1:
-        whole = predictor.embed(rgb)
+        whole = predictor.embed(rgb, with_mirrors=False)  # the point grid decodes one view
     probability = np.zeros((h, w), np.float32)
     per_crop = []
     for i, crop in enumerate(crops):
@@ -380,7 +380,7 @@ def everything_masks(
         if crop == (0, 0, w, h) and whole is not None:
             emb = whole
         else:
-            emb = predictor.embed(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+            emb = predictor.embed(np.ascontiguousarray(rgb[y0:y1, x0:x1]), with_mirrors=False)
         per_crop.append(_process_crop(predictor, emb, crop, (h, w), opts, probability))
         if progress is not None:
             progress(i + 1, len(crops))

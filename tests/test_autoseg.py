@@ -494,3 +494,18 @@ def test_card_segment_options():
     assert card_segment_options({"num_passes": 3, "mode": "instance"}) == {"num_passes": 3, "refine_instances": True, "flip_views": 1}
     assert card_segment_options({"num_passes": 2, "refine_instances": False, "flip_views": 4}) == {
         "num_passes": 2, "refine_instances": False, "flip_views": 4}
+
+
+def test_prompt_free_segmentation_embeds_no_mirrors_it_does_not_use(micro_model):
+    """A predictor whose card asks for mirror views (for clicks) embeds them only where they are used:
+    not for a prompt-free run with one view; with flip_views=2, once."""
+    p = Predictor(micro_model, "micro-test", flip_views=2)
+    calls = []
+    plane_features = p._plane_features
+    p._plane_features = lambda *a, **k: calls.append(1) or plane_features(*a, **k)
+    rgb, _ = disc_image((64, 80), [(30, 30, 10)])
+    segment(p, rgb, mode="semantic")
+    assert len(calls) == 1
+    calls.clear()
+    segment(p, rgb, mode="semantic", flip_views=2)
+    assert len(calls) == 2  # the plane (a cache hit) and its mirror
