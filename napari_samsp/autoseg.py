@@ -29,7 +29,7 @@ from .errors import SamspError
 from .models.card import DEFAULT_MODE, DEFAULT_NUM_PASSES, ModelCard, SegmentOptions, as_model_card
 from .models.sam_sp import SamSP
 from .embedding import MIRROR_VIEWS, Embedding
-from .predictor import Predictor, as_plane
+from .predictor import Predictor, as_plane, check_flip_views
 from .tiling import blend_weights, merge_instance_tiles, plan_tiles
 from .contrast import apply_stretch, stretch_limits
 from .transforms import mirror, split_planes, to_rgb_uint8
@@ -157,14 +157,13 @@ def _pass_logits(predictor: Predictor, emb: Embedding, num_passes: int, use_poin
     """Each self-prompting pass's logits (H, W) float32 on the original grid, averaged over
     ``flip_views`` mirror images of the plane (1: the plane alone), and the last pass's IoU score
     averaged the same way (views: ``Predictor.view_features``, cache first)."""
-    if isinstance(flip_views, bool) or flip_views not in (1, 2, 4):
-        raise ValueError(f"flip_views must be 1, 2 or 4, got {flip_views!r}")
+    flip_views = check_flip_views(flip_views)
+    sp = SamSP(predictor.model, num_passes=num_passes, use_points=use_points)
     sums: list[np.ndarray] = []
     iou = 0.0
-    feats = [emb.features] if flip_views == 1 else predictor.view_features(emb, flip_views)
-    for (rows, cols), features in zip(MIRROR_VIEWS, feats):
+    for (rows, cols), features in zip(MIRROR_VIEWS, predictor.view_features(emb, flip_views)):
         with torch.inference_mode():
-            passes = SamSP(predictor.model, num_passes=num_passes, use_points=use_points).run_passes(features)
+            passes = sp.run_passes(features)
             logits = [emb.transform.logits_to_original(p.logits[:1].float())[0, 0].cpu().numpy() for p in passes]
         logits = [mirror(lg.astype(np.float32), rows, cols) for lg in logits]
         sums = logits if not sums else [a + b for a, b in zip(sums, logits)]

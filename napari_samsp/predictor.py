@@ -49,6 +49,7 @@ __all__ = [
     "Predictor",
     "PromptError",
     "as_plane",
+    "check_flip_views",
     "default_cache_root",
     "image_key",
 ]
@@ -369,7 +370,8 @@ def as_plane(image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
     return plane
 
 
-def _check_flip_views(views: int) -> int:
+def check_flip_views(views: int) -> int:
+    """``views`` as an int when it is a number of mirror views (1, 2 or 4); ValueError otherwise."""
     if isinstance(views, bool) or views not in (1, 2, 4):
         raise ValueError(f"flip_views must be 1, 2 or 4, got {views!r}")
     return int(views)
@@ -407,7 +409,7 @@ class Predictor:
         cache_dir: str | Path | None = None,
         flip_views: int = 1,
     ) -> None:
-        self.flip_views = _check_flip_views(flip_views)
+        self.flip_views = check_flip_views(flip_views)
         if cache is None and cache_dir is not None:
             cache = cache_dir
         if cache is None:
@@ -608,7 +610,7 @@ class Predictor:
         """Input-frame prompts -> (n, M, L, L) low-res logits and (n, M) scores in ``emb``'s input frame,
         averaged over ``views`` (default: the predictor's ``flip_views``; each view decodes its mirrored
         prompts, and its logits are mirrored back before averaging)."""
-        views = self.flip_views if views is None else _check_flip_views(views)
+        views = self.flip_views if views is None else check_flip_views(views)
         if views == 1:
             return self._decode_features(emb.features, pts, labels, boxes, masks, multimask, n)
         t = emb.transform
