@@ -40,6 +40,7 @@ import torch
 from .embedding import MIRROR_VIEWS, Embedding
 from .errors import InputImageError, SamspError
 from .models.sam_model import ImageFeatures, SamModel
+from .threads import limited_threads
 from .transforms import LEGACY_PREPROCESSING, InputTransform, mirror, model_preprocessing, split_planes, to_rgb_uint8
 
 __all__ = [
@@ -397,6 +398,9 @@ class Predictor:
             top-bottom and the doubly mirrored one). Each view is embedded once with the image
             (:meth:`embed`) and costs one more decoder run per prompt; the model card's
             ``prompt_flip_views`` says what its model was measured best with.
+        decode_threads: torch CPU threads for one prompt set's decode (:meth:`predict`; None:
+            torch's setting). A click decodes a few small tensors, where waking more threads
+            costs more than it gains (see :mod:`napari_samsp.threads`); batches keep every thread.
     """
 
     def __init__(
@@ -408,8 +412,12 @@ class Predictor:
         *,
         cache_dir: str | Path | None = None,
         flip_views: int = 1,
+        decode_threads: int | None = 1,
     ) -> None:
         self.flip_views = check_flip_views(flip_views)
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError(f"decode_threads must be None or at least 1, got {decode_threads}")
+        self.decode_threads = decode_threads
         if cache is None and cache_dir is not None:
             cache = cache_dir
         if cache is None:
@@ -689,10 +697,11 @@ class Predictor:
         pts, lab = self._points(emb, point_coords, point_labels, None)
         boxes = self._boxes(emb, box, None)
         masks = self._mask_input(mask_input, None)
-        logits, iou = self._decode(
-            emb, None if pts is None else pts[None], None if lab is None else lab[None], boxes, masks, multimask_output, 1,
-            flip_views,
-        )
+        with limited_threads(self.decode_threads if self.device.type == "cpu" else None):
+            logits, iou = self._decode(
+                emb, None if pts is None else pts[None], None if lab is None else lab[None], boxes, masks, multimask_output,
+                1, flip_views,
+            )
         return Prediction(
             masks=self._to_masks(logits, embedding=emb)[0],
             logits=logits[0].float().cpu().numpy(),

@@ -441,3 +441,68 @@ def test_mirror_low_res_matches_mirroring_the_image(size):
     b = np.array([[10.0, 5.0, 60.0, 30.0]], np.float32)
     m = t.mirror_input_boxes(t.boxes_to_input(b), False, True)
     np.testing.assert_allclose(m, t.boxes_to_input(np.array([[w - 1 - 60.0, 5.0, w - 1 - 10.0, 30.0]], np.float32)), atol=1e-4)
+
+
+def test_a_click_decodes_on_decode_threads_and_restores_the_setting(micro_model, monkeypatch):
+    img = _images()["gray_u8"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        decode = micro_model.decode
+
+        def spy(*a, **k):
+            seen.append(torch.get_num_threads())
+            return decode(*a, **k)
+
+        monkeypatch.setattr(micro_model, "decode", spy)
+        one = Predictor(micro_model, "micro-test")  # default: one thread per click
+        emb = one.embed(img)
+        got = one.predict(np.array([[10.0, 12.0]]), np.array([1]), embedding=emb)
+        assert seen == [1] and torch.get_num_threads() == 2
+        every = Predictor(micro_model, "micro-test", decode_threads=None)
+        same = every.predict(np.array([[10.0, 12.0]]), np.array([1]), embedding=emb)
+        assert seen[-1] == 2  # None leaves torch's setting alone
+        np.testing.assert_allclose(got.logits, same.logits, atol=1e-5)
+        with pytest.raises(ValueError, match="decode_threads"):
+            Predictor(micro_model, "micro-test", decode_threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_limited_threads_restores_after_errors_nesting_and_other_threads():
+    import threading
+
+    from napari_samsp.threads import limited_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError):
+            with limited_threads(1):
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        with limited_threads(1):
+            with limited_threads(1):
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        # blocks in other threads run one at a time and leave every thread as it was
+        inside = []
+
+        def work():
+            with limited_threads(1):
+                inside.append(torch.get_num_threads())
+
+        workers = [threading.Thread(target=work) for _ in range(4)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        assert inside == [1, 1, 1, 1] and torch.get_num_threads() == 2
+        with pytest.raises(ValueError):
+            with limited_threads(0):
+                pass
+    finally:
+        torch.set_num_threads(before)
