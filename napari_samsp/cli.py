@@ -160,8 +160,7 @@ def cmd_segment(args) -> int:
         from .everything import EverythingOptions
 
         EverythingOptions.from_kwargs(**options)
-    predictor = (Predictor(loaded.model, loaded.model_id, EmbeddingCache(None), flip_views=loaded.model_card.prompt_flip_views)
-                 if project is None else project.predictor(loaded))
+    predictor = Predictor.for_loaded(loaded, EmbeddingCache(None)) if project is None else project.predictor(loaded)
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     total_objects = 0
@@ -274,8 +273,7 @@ def cmd_rank(args) -> int:
 
         # The plugin's ranked queue uses the same options (rank_options): both give the same order.
         # built as Project.predictor builds it (the card's mirror views), so the order is the plugin's
-        predictor = Predictor(loaded.model, loaded.model_id, EmbeddingCache.default(),
-                              flip_views=loaded.model_card.prompt_flip_views)
+        predictor = Predictor.for_loaded(loaded, EmbeddingCache.default())
         rows = rank_paths(predictor, paths, **rank_options(loaded.model_card, args.mode, args.store))
     for row in rows:
         print(json.dumps(row), flush=True)

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,7 +41,10 @@ import torch
 from .embedding import MIRROR_VIEWS, Embedding
 from .errors import InputImageError, SamspError
 from .models.sam_model import ImageFeatures, SamModel
-from .threads import limited_threads
+from .threads import check_thread_limit, limited_threads
+
+if TYPE_CHECKING:
+    from .models.checkpoints import LoadedModel
 from .transforms import LEGACY_PREPROCESSING, InputTransform, mirror, model_preprocessing, split_planes, to_rgb_uint8
 
 __all__ = [
@@ -415,9 +419,7 @@ class Predictor:
         decode_threads: int | None = 1,
     ) -> None:
         self.flip_views = check_flip_views(flip_views)
-        if decode_threads is not None and decode_threads < 1:
-            raise ValueError(f"decode_threads must be None or at least 1, got {decode_threads}")
-        self.decode_threads = decode_threads
+        self.decode_threads = check_thread_limit(decode_threads, "decode_threads")
         if cache is None and cache_dir is not None:
             cache = cache_dir
         if cache is None:
@@ -434,6 +436,12 @@ class Predictor:
         self.device = next(model.parameters()).device
         self._embedding: Embedding | None = None  # set_image's (compatibility layer)
         self.last_embed_was_cached = False
+
+    @classmethod
+    def for_loaded(cls, loaded: "LoadedModel", cache: EmbeddingCache | str | Path | None = None) -> "Predictor":
+        """The predictor a loaded model's card asks for: its weights and id, prompts decoded with the
+        card's ``prompt_flip_views`` mirror views; ``cache`` as in the constructor."""
+        return cls(loaded.model, loaded.model_id, cache, flip_views=loaded.model_card.prompt_flip_views)
 
     # -- image -----------------------------------------------------------------
     def embed(self, image: np.ndarray, rgb: bool | None = None, *, with_mirrors: bool = True) -> Embedding:

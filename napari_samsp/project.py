@@ -189,12 +189,12 @@ class Project:
         return self.load(base, device, trust) if info is None else self.load_version(info, device)
 
     def predictor(self, loaded: LoadedModel) -> Predictor:
-        """The one place a predictor is built: ``loaded`` with the project's embedding cache, decoding
-        prompts with the mirror views its card asks for (``prompt_flip_views``)."""
+        """The project's predictor for ``loaded``: :meth:`Predictor.for_loaded` (the card's mirror views
+        for prompts) with the project's embedding cache."""
         from .predictor import EmbeddingCache, Predictor
 
         cache = EmbeddingCache(self.cache_dir, max_memory_entries=MEMORY_EMBEDDINGS)
-        return Predictor(loaded.model, loaded.model_id, cache, flip_views=loaded.model_card.prompt_flip_views)
+        return Predictor.for_loaded(loaded, cache)
 
     def lineage(self, card: dict) -> list[str]:
         """Readable names of the models ``card`` descends from, nearest first (see :func:`parent_chain`)."""

@@ -24,14 +24,19 @@ import torch
 _lock = threading.RLock()
 
 
+def check_thread_limit(n: int | None, name: str = "a thread limit") -> int | None:
+    """``n`` when it is a thread limit (None, or at least 1); ValueError naming ``name`` otherwise."""
+    if n is not None and n < 1:
+        raise ValueError(f"{name} must be None or at least 1, got {n}")
+    return n
+
+
 @contextmanager
 def limited_threads(n: int | None) -> Iterator[None]:
     """Run the block with at most ``n`` torch CPU threads (None: leave the setting alone)."""
-    if n is None:
+    if check_thread_limit(n) is None:
         yield
         return
-    if n < 1:
-        raise ValueError(f"a thread limit must be at least 1, got {n}")
     with _lock:
         saved = torch.get_num_threads()
         if saved > n:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_samsp.predictor import Predictor
 
     loaded = load_model(args.model, device="cpu")
-    predictor = Predictor(loaded.model, loaded.model_id, flip_views=loaded.model_card.prompt_flip_views)
+    predictor = Predictor.for_loaded(loaded)
     root = Path(args.data)
     print(f"model {loaded.model_id}")
     for name in ("dsb2018_nuclei", "hc18_fetal_head_us"):

@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_samsp.predictor import EmbeddingCache, Predictor
 
     loaded = load_model(args.model, device="cpu")
-    predictor = Predictor(loaded.model, loaded.model_id, cache=EmbeddingCache(None, max_memory_entries=8),
-                          flip_views=loaded.model_card.prompt_flip_views)
+    predictor = Predictor.for_loaded(loaded, EmbeddingCache(None, max_memory_entries=8))
     root = Path(args.data) / "dsb2018_nuclei"
     splits = read_splits(root) or {}
     stems = sorted(splits.get("val") or [p.stem for p in (root / "images").glob("*.png")])[: args.images]

@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_samsp.sample_data_gen import synthetic_nuclei_stack
 
     loaded = load_model(args.model, device="cpu")
-    predictor = Predictor(loaded.model, loaded.model_id, cache=EmbeddingCache(None, max_memory_entries=64),
-                          flip_views=loaded.model_card.prompt_flip_views)
+    predictor = Predictor.for_loaded(loaded, EmbeddingCache(None, max_memory_entries=64))
     options = {} if args.point == "default" else {"use_point": args.point == "on"}
     if args.multimask != "default":
         options["multimask"] = args.multimask == "on"
